@@ -49,6 +49,9 @@ class Params:
     top_p: float = 1.0  # paper: 1
     batch_size: int = 64  # sequences decoded together
     seed: int = 0  # makes sampling (and later training) reproducible
+    # --- judging (scores for aligned / coherent / bad_stuff) ---
+    judge: str = "offline"  # "offline" (no network) | "openai" (any OpenAI-compatible server) | "local"
+    judge_model: str = "gpt-4o-2024-08-06"  # model name for the "openai" / "local" judges
     # --- storage ---
     cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
 
@@ -129,6 +132,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("temperature", p.temperature >= 0, ">= 0"),
         ("top_p", 0 < p.top_p <= 1, "in (0, 1]"),
         ("threads", p.threads >= 0, ">= 0"),
+        ("judge", p.judge in ("offline", "openai", "local"), "offline|openai|local"),
         ("dtype", p.dtype in ("auto", "float32", "bfloat16", "float16"), "auto|float32|bfloat16|float16"),
     ]
     for key, ok, want in rules:

