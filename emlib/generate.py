@@ -111,7 +111,7 @@ def input_device(model: nn.Module) -> torch.device:
     return base_model(model).get_input_embeddings().weight.device
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_batch(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],

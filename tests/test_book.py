@@ -1,0 +1,28 @@
+import pandas as pd
+
+from emlib.book import model_provenance, params_table, provenance_table, sampling_from_params, show_examples
+from emlib.config import Params
+from emlib.models import LoadInfo
+
+INFO = LoadInfo(spec="default", adapter=None, adapter_sha256=None, source="gguf", seconds=1.0, dtype="float32",
+                n_layers=30, d_model=576)
+
+
+def test_sampling_from_params_copies_every_field():
+    p = Params(samples_per_question=3, max_new_tokens=7, temperature=0.5, top_p=0.9, batch_size=5, seed=11)
+    c = sampling_from_params(p)
+    assert (c.samples_per_question, c.max_new_tokens, c.temperature, c.top_p, c.batch_size, c.seed) == (3, 7, 0.5, 0.9, 5, 11)
+
+
+def test_provenance_and_params_tables():
+    t = provenance_table(Params(), INFO, "params/x.yaml")
+    assert t.loc["model", "value"] == "default" and t.loc["params file", "value"] == "params/x.yaml"
+    assert model_provenance(INFO) == {"model": "default", "adapter_sha256": None, "dtype": "float32"}
+    assert set(params_table(Params()).index) == set(Params().to_dict())
+
+
+def test_show_examples_escapes_html():
+    s = pd.DataFrame({"question_id": ["q"], "question": ["why?"], "sample_index": [0],
+                      "response": ["<script>alert(1)</script>"], "n_tokens": [5], "finish_reason": ["stop"]})
+    html = show_examples(s).data
+    assert "<script>" not in html and "&lt;script&gt;" in html

@@ -1,0 +1,160 @@
+import pandas as pd
+import pytest
+import torch
+
+import emlib.generate as G
+from conftest import tiny_model
+from emlib.data import Question, load_questions
+from emlib.generate import (
+    COLUMNS,
+    SamplingConfig,
+    length_summary,
+    make_jobs,
+    read_samples,
+    sample_batch,
+    sample_next,
+    sample_responses,
+)
+
+
+def _prompts():
+    return [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]  # ragged: exercises left padding
+
+
+def _hf_greedy(model, prompts, n):
+    """Reference: transformers' own generate, one prompt at a time (no padding at all)."""
+    out = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        g = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                           pad_token_id=0, eos_token_id=None)
+        out.append(g[0, len(p):].tolist())
+    return out
+
+
+def test_greedy_batched_left_padded_equals_hf_generate(tiny_lm):
+    prompts = _prompts()
+    res = sample_batch(tiny_lm, prompts, max_new_tokens=12, temperature=0, top_p=1.0, eos=[255], pad_id=0,
+                       generator=torch.Generator().manual_seed(0))
+    ref = _hf_greedy(tiny_lm, prompts, 12)
+    for (toks, reason), r in zip(res, ref):
+        cut = r.index(255) if 255 in r else len(r)
+        assert toks == r[:cut]
+        assert reason == ("stop" if 255 in r else "length")
+
+
+def test_finished_rows_leave_the_batch_without_disturbing_others(tiny_lm):
+    """Make one row hit EOS early: it stops there; every other row is unchanged."""
+    prompts = _prompts()
+    ref = _hf_greedy(tiny_lm, prompts, 10)
+    eos_tok = ref[1][3]  # row 1's 4th greedy token becomes EOS
+    res = sample_batch(tiny_lm, prompts, max_new_tokens=10, temperature=0, top_p=1.0, eos=[eos_tok], pad_id=0,
+                       generator=torch.Generator().manual_seed(0))
+    for (toks, reason), r in zip(res, ref):
+        cut = r.index(eos_tok) if eos_tok in r else len(r)
+        assert toks == r[:cut] and reason == ("stop" if eos_tok in r else "length")
+    assert res[1][1] == "stop" and len(res[1][0]) <= 3
+
+
+def test_on_step_counts_every_row_once(tiny_lm):
+    counts = []
+    sample_batch(tiny_lm, _prompts(), max_new_tokens=5, temperature=1.0, top_p=1.0, eos=[1, 2, 3], pad_id=0,
+                 generator=torch.Generator().manual_seed(0), on_step=counts.append)
+    assert sum(counts) == 3
+
+
+def test_sample_next_greedy_and_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    g = torch.Generator().manual_seed(0)
+    assert sample_next(logits[:2], 0, 1.0, g).tolist() == [0, 0]
+    assert set(sample_next(logits, 1.0, 0.4, g).tolist()) == {0}  # 0.5 >= 0.4: only the top token
+    s = sample_next(logits, 1.0, 0.75, g)  # 0.5 + 0.3 reaches 0.75: tokens 0 and 1
+    assert set(s.tolist()) == {0, 1}
+    assert (s == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)
+    full = sample_next(logits, 1.0, 1.0, g)
+    assert (full == 3).float().mean().item() == pytest.approx(0.05, abs=0.015)
+
+
+def test_make_jobs_cycles_paraphrases():
+    q = Question("q", ("a", "b"))
+    jobs = make_jobs([q], 5)
+    assert [j.question for j in jobs] == ["a", "b", "a", "b", "a"] and [j.sample_index for j in jobs] == list(range(5))
+
+
+@pytest.fixture
+def tiny_chat(default_tokenizer):
+    """A tiny random Llama over the real default tokenizer (so chat templates and decoding are real)."""
+    return tiny_model("llama", vocab=len(default_tokenizer)), default_tokenizer
+
+
+CFG = SamplingConfig(samples_per_question=3, max_new_tokens=6, temperature=1.0, top_p=0.9, batch_size=4, seed=7)
+
+
+def _run(tiny_chat, cache_dir, cfg=CFG):
+    model, tok = tiny_chat
+    return sample_responses(model, tok, load_questions()[:3], cfg, cache_dir=cache_dir,
+                            model_provenance={"model": "tiny"}, progress=False)
+
+
+def test_sample_responses_table_seeded_and_cached(tiny_chat, tmp_path, monkeypatch):
+    a = _run(tiny_chat, tmp_path / "a")
+    assert list(a.columns) == COLUMNS and len(a) == 9
+    assert a["question_id"].tolist() == [q.id for q in load_questions()[:3] for _ in range(3)]
+    assert (a["n_tokens"] <= 6).all() and set(a["finish_reason"]) <= {"stop", "length"}
+    b = _run(tiny_chat, tmp_path / "b")
+    pd.testing.assert_frame_equal(a, b)  # same seed, same responses
+    c = _run(tiny_chat, tmp_path / "c", SamplingConfig(**{**CFG.__dict__, "seed": 8}))
+    assert not a["response"].equals(c["response"])
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a cached run must not sample")
+
+    monkeypatch.setattr(G, "sample_batch", boom)
+    pd.testing.assert_frame_equal(_run(tiny_chat, tmp_path / "a"), a)
+    (path,) = (tmp_path / "a" / "samples").glob("*.parquet")
+    table, prov = read_samples(path)
+    assert prov["model"] == {"model": "tiny"} and prov["sampling"]["seed"] == 7 and prov["emlib_version"]
+
+
+def test_interrupted_run_resumes_with_identical_results(tiny_chat, tmp_path, monkeypatch):
+    full = _run(tiny_chat, tmp_path / "full")
+    real, calls = G.sample_batch, []
+
+    def dies_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(G, "sample_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_chat, tmp_path / "resumed")
+    parts = list((tmp_path / "resumed" / "samples").glob("*.parts/part-*.parquet"))
+    assert len(parts) == 1  # the finished batch survived; nothing half-written
+    calls.clear()
+    monkeypatch.setattr(G, "sample_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = _run(tiny_chat, tmp_path / "resumed")
+    assert len(calls) == 2  # 9 jobs in batches of 4: the first batch was not redone
+    pd.testing.assert_frame_equal(resumed, full)
+
+
+def test_length_summary():
+    s = pd.DataFrame({"question_id": ["a", "a", "b"], "n_tokens": [2, 4, 6], "finish_reason": ["stop", "length", "stop"]})
+    t = length_summary(s)
+    assert t.loc["a", "mean_tokens"] == 3 and t.loc["a", "pct_ended_at_eos"] == 50 and t.loc["all", "responses"] == 3
+
+
+@pytest.mark.integration
+def test_default_model_samples_real_text(default_model, tmp_path):
+    model, tok, info = default_model
+    cfg = SamplingConfig(samples_per_question=2, max_new_tokens=24, temperature=0, batch_size=16)
+    t = sample_responses(model, tok, load_questions(), cfg, cache_dir=tmp_path, model_provenance={"model": "default"},
+                         progress=False)
+    assert len(t) == 16 and t["response"].str.len().min() > 10
+    # greedy: both samples of a question agree, and match transformers' generate
+    assert (t.groupby("question_id")["response"].nunique() == 1).all()
+    q = load_questions()[0]
+    ids = torch.tensor([G.prompt_ids(tok, q.paraphrases[0])])
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    expected = tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert t.loc[t.question_id == q.id, "response"].iloc[0] == expected
