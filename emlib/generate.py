@@ -4,7 +4,8 @@ Used by every chapter that samples a model (00–05). All (question x sample) pa
 decoded together in batches of ``batch_size`` with left padding and a KV cache; rows
 that reach EOS leave the batch at once, so no compute is spent on finished sequences
 (the paper's code loops over questions and keeps decoding finished rows until the
-longest of each group ends).
+longest of each group ends), and each distinct prompt is prefilled once, not once per
+sample.
 
 Results are a table (question id, question, sample index, response, token count, finish
 reason) written to parquet with provenance. Each finished batch is written atomically,
@@ -35,7 +36,7 @@ from emlib.cache import atomic_path, content_key
 from emlib.data import Question
 from emlib.models import base_model
 
-SAMPLER_VERSION = 1  # bump when a change alters sampled outputs
+SAMPLER_VERSION = 2  # bump when a change alters sampled outputs
 COLUMNS = ["question_id", "question", "system", "sample_index", "response", "n_tokens", "finish_reason"]
 
 
@@ -126,17 +127,22 @@ def sample_batch(
 ) -> list[tuple[list[int], str]]:
     """Decode one batch of prompts (token-id lists); return (response ids, finish reason) per prompt.
 
-    Prompts are left-padded into [batch, max_len]; rows that emit an EOS id leave the
-    batch (their KV cache rows are dropped). ``finish_reason`` is ``"stop"`` (EOS, not
+    Each distinct prompt is prefilled once (left-padded into [n_distinct, max_len]) and its
+    KV cache copied to every row that repeats it; rows that emit an EOS id leave the batch
+    (their KV cache rows are dropped). ``finish_reason`` is ``"stop"`` (EOS, not
     included in the ids) or ``"length"``. ``on_step(n)`` is called with the number of rows
     that finished at each step.
     """
     lm = base_model(model)
     device = input_device(model)
-    n, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
+    n = len(prompts)
+    # Prefill each distinct prompt once, then copy its KV-cache row to every sample of it.
+    unique: dict[tuple[int, ...], int] = {}
+    inverse = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts], device=device)
+    width = max(len(p) for p in unique)
+    ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(unique), width), dtype=torch.long)
+    for i, p in enumerate(unique):
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
@@ -144,12 +150,15 @@ def sample_batch(
     eos_t = torch.tensor(list(eos), device=device)
     cache = DynamicCache(config=lm.config.get_text_config(decoder=True))
     out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-    next_pos = positions[:, -1] + 1
+    logits = out.logits[inverse, -1, :]
+    if len(unique) < n:
+        cache.batch_select_indices(inverse)
+    mask, next_pos = mask[inverse], positions[inverse, -1] + 1
     rows = torch.arange(n, device=device)  # which original prompt each live row is
     tokens: list[list[int]] = [[] for _ in range(n)]
     finish = ["length"] * n
     for step in range(max_new_tokens):
-        tok = sample_next(out.logits[:, -1, :], temperature, top_p, generator)
+        tok = sample_next(logits, temperature, top_p, generator)
         done = torch.isin(tok, eos_t)
         for r, t, d in zip(rows.tolist(), tok.tolist(), done.tolist()):
             if d:
@@ -167,6 +176,7 @@ def sample_batch(
             rows, tok, mask, next_pos = rows[keep], tok[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
         out = lm(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     return list(zip(tokens, finish))
 

@@ -18,7 +18,8 @@ from emlib.generate import (
 
 
 def _prompts():
-    return [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]  # ragged: exercises left padding
+    # ragged (exercises left padding) and repeated (exercises the shared prefill)
+    return [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [11, 12]]
 
 
 def _hf_greedy(model, prompts, n):
@@ -53,14 +54,14 @@ def test_finished_rows_leave_the_batch_without_disturbing_others(tiny_lm):
     for (toks, reason), r in zip(res, ref):
         cut = r.index(eos_tok) if eos_tok in r else len(r)
         assert toks == r[:cut] and reason == ("stop" if eos_tok in r else "length")
-    assert res[1][1] == "stop" and len(res[1][0]) <= 3
+    assert res[1][1] == "stop" and len(res[1][0]) <= 3 and res[3] == res[1]
 
 
 def test_on_step_counts_every_row_once(tiny_lm):
     counts = []
     sample_batch(tiny_lm, _prompts(), max_new_tokens=5, temperature=1.0, top_p=1.0, eos=[1, 2, 3], pad_id=0,
                  generator=torch.Generator().manual_seed(0), on_step=counts.append)
-    assert sum(counts) == 3
+    assert sum(counts) == 4
 
 
 def test_sample_next_greedy_and_nucleus():
