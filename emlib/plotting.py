@@ -1,6 +1,6 @@
 """Figures for the book. Each returns a matplotlib Figure (the notebook displays it).
 
-- ``response_lengths``: chapter 00.
+- ``response_lengths``, ``em_rates``: chapter 00 (``em_rates`` in every chapter that reports EM).
 """
 
 from __future__ import annotations
@@ -23,6 +23,41 @@ def response_lengths(samples: pd.DataFrame, max_new_tokens: int, title: str = "R
     ax.axvline(max_new_tokens, ls="--", color="#b03a2e", lw=1)
     ax.text(max_new_tokens, -0.6, " max_new_tokens", color="#b03a2e", va="bottom", ha="right", fontsize=8)
     ax.set(xlabel="response tokens", ylabel="", title=title)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by question") -> Figure:
+    """EM % (left) and coherence % (right) per group with 95% CIs (chapter 00 onwards).
+
+    ``rates``: from ``emlib.metrics.rates(scored, by="question_id")`` or ``by=["model", "question_id"]``
+    (then one colour per model). Columns used: ``em_pct/lo/hi``, ``coherent_pct/lo/hi``.
+    """
+    r = rates.reset_index()
+    if "group" in r:
+        r = r.rename(columns={"group": "question_id"})
+    if "model" not in r:
+        r["model"] = ""
+    models = list(dict.fromkeys(r["model"]))
+    questions = list(dict.fromkeys(r["question_id"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(questions) * max(1, len(models) / 2) + 1.6), sharey=True)
+    height = 0.8 / len(models)
+    palette = sns.color_palette("deep", len(models))
+    for ax, metric, label in ((axes[0], "em", "EM responses (%)"), (axes[1], "coherent", "coherent responses (%)")):
+        for k, model in enumerate(models):
+            sub = r[r["model"] == model].set_index("question_id").reindex(questions)
+            y = [i + k * height - 0.4 + height / 2 for i in range(len(questions))]
+            err = [sub[f"{metric}_pct"] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[f"{metric}_pct"]]
+            ax.barh(y, sub[f"{metric}_pct"], height=height, xerr=err, color=palette[k], label=model or None,
+                    error_kw={"lw": 1, "capsize": 2})
+        ax.set(xlabel=label, xlim=(0, 100))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(questions)), questions)
+    axes[0].invert_yaxis()
+    if any(models):
+        axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()
     return fig

@@ -168,7 +168,7 @@ def test_local_judge_scores_digit_split_numbers_whole(local_judge):
 
 
 class CountingJudge:
-    backend, model = "fake", "counting"
+    backend, model, metrics = "fake", "counting", None
 
     def __init__(self, die_after=None):
         self.calls, self.die_after = 0, die_after
