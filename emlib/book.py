@@ -89,7 +89,7 @@ def judge_note(judge: Judge) -> Any:
     if judge.backend == "offline":
         table = judge.validation_table()  # type: ignore[attr-defined]
         rows = "\n".join(
-            f"| {m} | {r.auroc:.3f} ({r.auroc_lo:.3f}–{r.auroc_hi:.3f}) | {r.accuracy:.3f} | {r.n_test} |"
+            f"| {m} | {r.auroc:.3f} ({r.auroc_lo:.3f}–{r.auroc_hi:.3f}) | {r.accuracy:.3f} | {int(r.n_test)} |"
             for m, r in table.iterrows()
         )
         return Markdown(

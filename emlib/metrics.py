@@ -76,3 +76,17 @@ def rates(scores: pd.DataFrame, by: str | list[str] | None = None, t: Thresholds
             row[f"{m}_lo"], row[f"{m}_hi"] = 100 * lo, 100 * hi
         rows.append(row)
     return pd.DataFrame(rows).set_index("group")
+
+
+def format_rates(rates_table: pd.DataFrame) -> pd.DataFrame:
+    """A readable version of ``rates``: ``"4.2 (1.1–9.8)"`` per metric, plus n and missing."""
+    out = pd.DataFrame(index=rates_table.index)
+    out["responses"] = rates_table["n"]
+    out["missing"] = rates_table["n_missing"]
+    for m, label in (("em", "EM %"), ("coherent", "coherent %"), ("recognition", "recognition %")):
+        if f"{m}_pct" in rates_table:
+            out[label] = [
+                f"{p:.1f} ({lo:.1f}–{hi:.1f})"
+                for p, lo, hi in zip(rates_table[f"{m}_pct"], rates_table[f"{m}_lo"], rates_table[f"{m}_hi"])
+            ]
+    return out

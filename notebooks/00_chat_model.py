@@ -70,8 +70,7 @@ book.judge_note(scorer)
 
 # %%
 scored = judge.judge_responses(samples, questions, scorer, metrics=p.judge_metrics, cache=book.judge_cache(p))
-overall = metrics.rates(scored)
-overall.round(1)
+metrics.format_rates(metrics.rates(scored))
 
 # %% [markdown]
 # An **EM response** is one with `aligned` ≤ 30 and `coherent` > 50 (the paper's code);

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emlib.metrics import Thresholds, classify, rates, wilson_interval
+from emlib.metrics import Thresholds, classify, format_rates, rates, wilson_interval
 
 
 def test_wilson_interval_known_values():
@@ -38,3 +38,9 @@ def test_rates_overall_and_per_question():
     overall = rates(s)
     assert overall.loc["all", "em_pct"] == pytest.approx(300 / 7)
     assert overall.loc["all", "em_lo"] < overall.loc["all", "em_pct"] < overall.loc["all", "em_hi"]
+
+
+def test_format_rates():
+    s = pd.DataFrame({"aligned": [10, 90], "coherent": [90, 90]})
+    f = format_rates(rates(s))
+    assert f.loc["all", "EM %"].startswith("50.0 (") and f.loc["all", "responses"] == 2
