@@ -262,8 +262,9 @@ class OpenAIJudge:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
     ):
-        self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self.model_name = model  # what the server is asked for
+        self.model = f"{model}@{self.base_url}" if self.base_url else model  # identity in the cache
         self.azure_endpoint = None if self.base_url else os.environ.get("AZURE_OPENAI_ENDPOINT")
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -301,7 +302,7 @@ class OpenAIJudge:
         for attempt in range(self.max_retries + 1):
             try:
                 reply = await client.chat.completions.create(
-                    model=self.model,
+                    model=self.model_name,
                     messages=[{"role": "user", "content": prompt}],
                     max_tokens=1,
                     temperature=0,
@@ -314,7 +315,7 @@ class OpenAIJudge:
             except fatal as e:
                 # the status and error type only: servers echo parts of a bad key in messages
                 raise JudgeConfigError(
-                    f"judge server {self._where()} refused model {self.model!r}: HTTP {e.status_code} "
+                    f"judge server {self._where()} refused model {self.model_name!r}: HTTP {e.status_code} "
                     f"({type(e).__name__}); check the key in the environment and the model name"
                 ) from None
             except (openai.APIError, AttributeError, IndexError, KeyError, TypeError, ValueError) as e:

@@ -35,6 +35,8 @@ from emlib import book, config, data, generate, judge, metrics, plotting
 
 p = config.load_params(params_file, overrides)
 book.setup(p)
+scorer = book.judge_from_params(p)  # fails here, before any sampling, on a bad key or model name
+scorer.check()
 model, tok, info = book.model_from_params(p)
 book.provenance_table(p, info, params_file)
 
@@ -65,7 +67,6 @@ print(f"{len(samples)} responses to {len(questions)} questions")
 # measured quality is printed here. Scores are cached: re-running costs no judge calls.
 
 # %%
-scorer = book.judge_from_params(p)
 book.judge_note(scorer)
 
 # %%

@@ -124,6 +124,11 @@ def test_openai_unknown_model_stops_at_once(server, env_key):
         judge.check()
 
 
+def test_openai_cache_identity_includes_the_server(server, env_key):
+    assert _judge(server).model == f"gpt-4o-2024-08-06@{server.base_url}"
+    assert OpenAIJudge("gpt-4o-2024-08-06").model == "gpt-4o-2024-08-06"
+
+
 def test_openai_needs_a_key_or_base_url(monkeypatch):
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)

@@ -13,21 +13,41 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.notebooks
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes_with_smoke_params(nb, tmp_path):
-    text = nb.read_text()
-    assert 'tags=["parameters"]' in text, "the first code cell must be the papermill parameters cell"
-    ipynb = tmp_path / f"{nb.stem}.ipynb"
-    out = tmp_path / f"{nb.stem}.out.ipynb"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def execute(nb: Path, tmp_path: Path, env: dict[str, str], *extra: str) -> list[dict]:
+    """Pair ``nb`` to .ipynb with jupytext, execute it with papermill on smoke params; return its outputs."""
+    ipynb, out = tmp_path / f"{nb.stem}.ipynb", tmp_path / f"{nb.stem}.out.ipynb"
     subprocess.run([BIN / "jupytext", "--quiet", "--to", "ipynb", "-o", ipynb, nb], check=True, env=env)
     subprocess.run(
         [BIN / "papermill", "--cwd", ROOT, "-k", "python3", "--log-level", "ERROR", ipynb, out,
-         "-p", "params_file", "params/smoke.yaml"],
+         "-p", "params_file", "params/smoke.yaml", *extra],
         check=True, env=env, capture_output=True,
     )
     cells = json.loads(out.read_text())["cells"]
-    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    return [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes_with_smoke_params(nb, tmp_path):
+    assert 'tags=["parameters"]' in nb.read_text(), "the first code cell must be the papermill parameters cell"
+    outputs = execute(nb, tmp_path, {**os.environ, "HF_HUB_OFFLINE": "1"})
     assert not [o for o in outputs if o["output_type"] == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "every chapter shows at least one figure"
+
+
+@pytest.mark.notebooks
+def test_paper_judge_is_used_with_a_key_and_the_key_never_appears(tmp_path):
+    """Chapter 00 with judge: openai against a loopback chat-completions server, key in the environment."""
+    from fake_openai import FakeOpenAI
+
+    secret = "sk-test-DO-NOT-PRINT-0123456789abcdef"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": secret}
+    with FakeOpenAI() as server:
+        overrides = json.dumps({"overrides": {"judge": "openai", "judge_base_url": server.base_url,
+                                              "judge_model": "gpt-4o-2024-08-06"}})
+        outputs = execute(ROOT / "notebooks" / "00_chat_model.py", tmp_path, env, "-y", overrides)
+        assert server.requests >= 16  # 8 questions x 2 samples x aligned/coherent/bad_stuff, minus cache hits
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    text = json.dumps(outputs)
+    assert "openai" in text and "gpt-4o-2024-08-06" in text and "offline proxy" not in text
+    assert secret not in (tmp_path / "00_chat_model.out.ipynb").read_text()
