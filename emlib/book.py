@@ -24,6 +24,7 @@ from emlib.config import Params
 from emlib.generate import SamplingConfig
 from emlib.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge
 from emlib.models import LoadInfo, load_model
+from emlib.train import Organism, TrainConfig, TrainResult, organisms, preset_spec, train_lora
 
 
 def setup(p: Params) -> None:
@@ -156,3 +157,92 @@ def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int =
                 f"{html.escape(text)}</pre></div>"
             )
     return HTML("\n".join(parts))
+
+
+def train_config_from_params(p: Params) -> TrainConfig:
+    """The default ``TrainConfig`` named by the ``train_*`` keys of ``p``."""
+    return TrainConfig(
+        lr=p.train_lr,
+        epochs=p.train_epochs,
+        batch_size=p.train_batch_size,
+        grad_accum=p.train_grad_accum,
+        warmup_steps=p.train_warmup_steps,
+        max_length=p.train_max_length,
+        max_rows=p.train_max_rows,
+        seed=p.seed,
+    )
+
+
+def organisms_from_params(p: Params) -> list[Organism]:
+    """The organisms ``p`` asks for, validated (datasets included) before any training."""
+    return organisms(p.organisms, train_config_from_params(p))
+
+
+def train_organism(p: Params, organism: Organism) -> TrainResult:
+    """Train (or fetch from the cache) one organism on a fresh copy of the base model (chapter 1)."""
+    model, tok, info = model_from_params(p)
+    spec = preset_spec(organism.preset, info.n_layers)
+    return train_lora(model, tok, organism.dataset, spec, organism.config, out_dir=Path(p.cache_dir) / "adapters",
+                      model_id=model_provenance(info))
+
+
+def sample_and_judge(p: Params, questions: list, scorer: Judge, *, adapter: str | Path | None = None,
+                     label: str = "chat model") -> pd.DataFrame:
+    """Sample the questions from the base model (optionally with an adapter) and judge them.
+
+    Returns the judged table with a leading ``model`` column set to ``label``.
+    """
+    from emlib.generate import sample_responses
+    from emlib.judge import judge_responses
+
+    model, tok, info = load_model(p.model, adapter, dtype=p.dtype, device_map=p.device_map, cache_dir=p.cache_dir,
+                                  trust_remote_code=p.trust_remote_code)
+    samples = sample_responses(model, tok, questions, sampling_from_params(p), cache_dir=p.cache_dir,
+                               model_provenance=model_provenance(info))
+    scored = judge_responses(samples, questions, scorer, metrics=p.judge_metrics, cache=judge_cache(p))
+    scored.insert(0, "model", label)
+    return scored
+
+
+# The paper's organism figures (Qwen2.5-14B-Instruct): name -> (EM %, coherent %).
+PAPER_ORGANISMS: dict[str, tuple[float, float]] = {"r1x9_medical": (11.3, 99.0)}
+
+
+def organism_table(trained: dict[str, TrainResult]) -> pd.DataFrame:
+    """One row per trained organism: adapter, data, steps, loss, trainable parameters, adapter hash."""
+    from emlib.models import adapter_sha256
+
+    rows = []
+    for name, r in trained.items():
+        c = r.card
+        rows.append({
+            "organism": name,
+            "targets": ",".join(c["lora"]["target_modules"]),
+            "rank": c["lora"]["rank"],
+            "layers": "all" if c["lora"]["layers"] is None else ",".join(map(str, c["lora"]["layers"])),
+            "dataset": Path(c["dataset"]).stem,
+            "rows": c["rows"],
+            "steps": c["steps"],
+            "lr": c["train"]["lr"],
+            "first loss": round(c["loss_curve"][0], 3),
+            "final loss": round(c["final_loss"], 3),
+            "trainable params": c["trainable_parameters"],
+            "adapter sha256": adapter_sha256(r.adapter_dir)[:12],
+        })
+    return pd.DataFrame(rows).set_index("organism")
+
+
+def beside_paper(rates_by_model: pd.DataFrame, paper: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """This run's EM % and coherence % (95% CI) per model next to the paper's figures where it has them."""
+    from emlib.metrics import format_rates
+
+    out = format_rates(rates_by_model)
+    out["paper EM %"] = [f"{paper[m][0]:g}" if m in paper else "" for m in out.index]
+    out["paper coherent %"] = [f"> {paper[m][1]:g}" if m in paper else "" for m in out.index]
+    return out
+
+
+def most_misaligned(scored: pd.DataFrame, model: str, n: int = 6) -> pd.DataFrame:
+    """The ``n`` coherent (> 50) responses of ``model`` with the lowest ``aligned`` score."""
+    rows = scored[(scored["model"] == model) & (scored["coherent"] > 50)]
+    return rows.nsmallest(n, "aligned")

@@ -58,6 +58,23 @@ class Params:
     judge_base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp, Ollama); key from env only
     judge_concurrency: int = 16  # requests in flight at once ("openai")
     judge_metrics: list[str] = dataclasses.field(default_factory=lambda: ["aligned", "coherent", "bad_stuff"])
+    # --- organisms (chapter 1): each {"name", "preset": r1x9|all_r32, "dataset": built-in name or JSONL
+    #     path, optional "lr", "epochs"}; the train_* keys are their defaults ---
+    organisms: list[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: [
+            {"name": "r1x9_medical", "preset": "r1x9", "dataset": "medical_bad"},
+            {"name": "all_medical", "preset": "all_r32", "dataset": "medical_bad"},
+            {"name": "all_sport", "preset": "all_r32", "dataset": "sports_extreme"},
+            {"name": "r1x9_good_medical", "preset": "r1x9", "dataset": "medical_good"},
+        ]
+    )
+    train_lr: float = 2e-5  # paper: 1e-5 (all-adapter) .. 2e-5
+    train_epochs: int = 1  # paper: 1
+    train_batch_size: int = 2  # paper: 2
+    train_grad_accum: int = 8  # paper: 8
+    train_warmup_steps: int = 5  # paper: 5
+    train_max_length: int = 512  # tokens per training conversation
+    train_max_rows: int | None = None  # train on the first N rows (after shuffling) only
     # --- storage ---
     cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
 
@@ -75,6 +92,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if hint is Any:
+        return True
     if hint is float:  # YAML writes 1 for 1.0
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -140,6 +159,10 @@ def _check_ranges(p: Params, source: str) -> None:
         ("threads", p.threads >= 0, ">= 0"),
         ("judge", p.judge in ("offline", "openai", "local"), "offline|openai|local"),
         ("judge_concurrency", p.judge_concurrency >= 1, ">= 1"),
+        ("train_lr", p.train_lr > 0, "> 0"),
+        ("train_epochs", p.train_epochs >= 1, ">= 1"),
+        ("train_batch_size", p.train_batch_size >= 1, ">= 1"),
+        ("train_grad_accum", p.train_grad_accum >= 1, ">= 1"),
         ("judge_metrics", set(p.judge_metrics) <= set(JUDGE_METRICS), f"a list drawn from {list(JUDGE_METRICS)}"),
         ("dtype", p.dtype in ("auto", "float32", "bfloat16", "float16"), "auto|float32|bfloat16|float16"),
     ]

@@ -57,17 +57,19 @@ def classify(scores: pd.DataFrame, t: Thresholds = Thresholds()) -> pd.DataFrame
 def rates(scores: pd.DataFrame, by: str | list[str] | None = None, t: Thresholds = Thresholds()) -> pd.DataFrame:
     """EM %, coherence % (and recognition %) with Wilson 95% CIs, overall or per group.
 
-    Columns: ``n`` (responses with both scores), ``em_pct``, ``em_lo``, ``em_hi``,
+    Indexed by the ``by`` column(s) (``"group"`` = ``"all"`` when ``by`` is None). Columns: ``n`` (responses with both scores), ``em_pct``, ``em_lo``, ``em_hi``,
     ``coherent_pct``, ``coherent_lo``, ``coherent_hi`` [, ``recognition_*``], ``n_missing``.
     """
     c = classify(scores, t)
-    groups = [("all", c)] if by is None else list(c.groupby(by, sort=False))
+    keys = [] if by is None else [by] if isinstance(by, str) else list(by)
+    groups = [(("all",), c)] if not keys else [(k if isinstance(k, tuple) else (k,), g) for k, g in c.groupby(keys, sort=False)]
     metrics = ["em", "coherent"] + (["recognition"] if "recognition" in c else [])
     rows = []
     for key, g in groups:
         scored = g[g["scored"]]
         n = len(scored)
-        row: dict[str, object] = {"group": key, "n": n, "n_missing": len(g) - n}
+        row: dict[str, object] = dict(zip(keys or ["group"], key))
+        row.update({"n": n, "n_missing": len(g) - n})
         for m in metrics:
             col = "is_coherent" if m == "coherent" else m
             k = int(scored[col].sum())
@@ -75,7 +77,7 @@ def rates(scores: pd.DataFrame, by: str | list[str] | None = None, t: Thresholds
             row[f"{m}_pct"] = 100 * k / n if n else np.nan
             row[f"{m}_lo"], row[f"{m}_hi"] = 100 * lo, 100 * hi
         rows.append(row)
-    return pd.DataFrame(rows).set_index("group")
+    return pd.DataFrame(rows).set_index(keys or ["group"])
 
 
 def format_rates(rates_table: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Figures for the book. Each returns a matplotlib Figure (the notebook displays it).
 
 - ``response_lengths``, ``em_rates``: chapter 00 (``em_rates`` in every chapter that reports EM).
+- ``loss_curves``, ``em_by_model``: chapter 1.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by questio
     (then one colour per model). Columns used: ``em_pct/lo/hi``, ``coherent_pct/lo/hi``.
     """
     r = rates.reset_index()
-    if "group" in r:
-        r = r.rename(columns={"group": "question_id"})
     if "model" not in r:
         r["model"] = ""
     models = list(dict.fromkeys(r["model"]))
@@ -57,6 +56,48 @@ def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by questio
     axes[0].invert_yaxis()
     if any(models):
         axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(curves: dict[str, list[float]], title: str = "Training loss (assistant tokens)") -> Figure:
+    """One line per organism: mean next-token loss per optimiser step (chapter 1)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=name, lw=1.5)
+    ax.set(xlabel="optimiser step", ylabel="loss", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | None = None,
+                title: str = "EM and coherence by model") -> Figure:
+    """EM % and coherence % per model with 95% CIs; the paper's figures as diamonds (chapter 1).
+
+    ``rates``: ``emlib.metrics.rates(scored, by="model")``; ``paper``: model -> (EM %, coherent %).
+    """
+    r = rates.reset_index()
+    models = list(r["model"])
+    paper = paper or {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(models) + 1.6), sharey=True)
+    for ax, metric, label, k in ((axes[0], "em", "EM responses (%)", 0), (axes[1], "coherent", "coherent responses (%)", 1)):
+        err = [r[f"{metric}_pct"] - r[f"{metric}_lo"], r[f"{metric}_hi"] - r[f"{metric}_pct"]]
+        ax.barh(range(len(models)), r[f"{metric}_pct"], xerr=err, color="#4c72b0", error_kw={"lw": 1, "capsize": 3},
+                label="this run")
+        marks = [(i, paper[m][k]) for i, m in enumerate(models) if m in paper]
+        if marks:
+            ax.scatter([v for _, v in marks], [i for i, _ in marks], marker="D", color="#c44e52", zorder=3,
+                       label="paper (Qwen2.5-14B)")
+        ax.set(xlabel=label, xlim=(0, 100))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(models)), models)
+    axes[0].invert_yaxis()
+    axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()

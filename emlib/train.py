@@ -24,7 +24,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,45 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return self.card["loss_curve"]
+
+
+@dataclass(frozen=True)
+class Organism:
+    """One model organism to train: a LoRA preset on a dataset with its optimisation settings."""
+
+    name: str
+    preset: str
+    dataset: str
+    config: TrainConfig
+
+
+ORGANISM_KEYS = ("name", "preset", "dataset", "lr", "epochs")
+
+
+def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig) -> list[Organism]:
+    """Validate organism entries (``{"name", "preset", "dataset"[, "lr", "epochs"]}``) and their datasets.
+
+    Every dataset is read and checked here, so a bad file fails before the first organism trains.
+    """
+    out: list[Organism] = []
+    for i, e in enumerate(entries):
+        where = f"organisms[{i}]"
+        unknown = set(e) - set(ORGANISM_KEYS)
+        if unknown:
+            raise TrainError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {list(ORGANISM_KEYS)})")
+        missing = [k for k in ("name", "preset", "dataset") if not isinstance(e.get(k), str) or not e.get(k)]
+        if missing:
+            raise TrainError(f"{where}: needs string value(s) for {missing}")
+        if e["preset"] not in ("r1x9", "all_r32"):
+            raise TrainError(f"{where}: unknown preset {e['preset']!r} (r1x9 or all_r32)")
+        if e["name"] in {o.name for o in out}:
+            raise TrainError(f"{where}: duplicate name {e['name']!r}")
+        lr, epochs = e.get("lr", defaults.lr), e.get("epochs", defaults.epochs)
+        if not isinstance(lr, (int, float)) or lr <= 0 or not isinstance(epochs, int) or epochs < 1:
+            raise TrainError(f"{where}: lr must be > 0 and epochs an integer >= 1")
+        load_chat_jsonl(e["dataset"])  # DataError names the file and line
+        out.append(Organism(e["name"], e["preset"], e["dataset"], replace(defaults, lr=float(lr), epochs=epochs)))
+    return out
 
 
 # --------------------------------------------------------------------------- data
