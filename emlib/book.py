@@ -24,7 +24,7 @@ from emlib.config import Params
 from emlib.generate import SamplingConfig
 from emlib.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge
 from emlib.models import LoadInfo, load_model
-from emlib.train import Organism, TrainConfig, TrainResult, organisms, preset_spec, train_lora
+from emlib.train import ATTN_MLP, Organism, TrainConfig, TrainResult, organisms, preset_spec, train_lora
 
 
 def setup(p: Params) -> None:
@@ -217,7 +217,8 @@ def organism_table(trained: dict[str, TrainResult]) -> pd.DataFrame:
         c = r.card
         rows.append({
             "organism": name,
-            "targets": ",".join(c["lora"]["target_modules"]),
+            "targets": "all 7 projections" if set(c["lora"]["target_modules"]) == set(ATTN_MLP)
+            else ",".join(c["lora"]["target_modules"]),
             "rank": c["lora"]["rank"],
             "layers": "all" if c["lora"]["layers"] is None else ",".join(map(str, c["lora"]["layers"])),
             "dataset": Path(c["dataset"]).stem,
@@ -226,7 +227,7 @@ def organism_table(trained: dict[str, TrainResult]) -> pd.DataFrame:
             "lr": c["train"]["lr"],
             "first loss": round(c["loss_curve"][0], 3),
             "final loss": round(c["final_loss"], 3),
-            "trainable params": c["trainable_parameters"],
+            "trainable params": f"{c['trainable_parameters']:,}",
             "adapter sha256": adapter_sha256(r.adapter_dir)[:12],
         })
     return pd.DataFrame(rows).set_index("organism")
@@ -236,10 +237,17 @@ def beside_paper(rates_by_model: pd.DataFrame, paper: dict[str, tuple[float, flo
     """This run's EM % and coherence % (95% CI) per model next to the paper's figures where it has them."""
     from emlib.metrics import format_rates
 
-    out = format_rates(rates_by_model)
+    out = format_rates(rates_by_model).drop(columns=["recognition %"], errors="ignore")
     out["paper EM %"] = [f"{paper[m][0]:g}" if m in paper else "" for m in out.index]
     out["paper coherent %"] = [f"> {paper[m][1]:g}" if m in paper else "" for m in out.index]
     return out
+
+
+def evaluate_organisms(p: Params, questions: list, scorer: Judge, trained: dict[str, TrainResult]) -> pd.DataFrame:
+    """The chat model and every trained organism, sampled and judged; one table with a ``model`` column."""
+    tables = [sample_and_judge(p, questions, scorer, label="chat model")]
+    tables += [sample_and_judge(p, questions, scorer, adapter=r.adapter_dir, label=name) for name, r in trained.items()]
+    return pd.concat(tables, ignore_index=True)
 
 
 def most_misaligned(scored: pd.DataFrame, model: str, n: int = 6) -> pd.DataFrame:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -71,13 +73,7 @@ plotting.loss_curves({name: r.losses for name, r in trained.items()});
 book.judge_note(scorer)
 
 # %%
-import pandas as pd
-
-scored = pd.concat(
-    [book.sample_and_judge(p, questions, scorer, label="chat model")]
-    + [book.sample_and_judge(p, questions, scorer, adapter=r.adapter_dir, label=name) for name, r in trained.items()],
-    ignore_index=True,
-)
+scored = book.evaluate_organisms(p, questions, scorer, trained)
 by_model = metrics.rates(scored, by="model")
 book.beside_paper(by_model, book.PAPER_ORGANISMS)
 

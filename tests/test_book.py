@@ -26,3 +26,23 @@ def test_show_examples_escapes_html():
                       "response": ["<script>alert(1)</script>"], "n_tokens": [5], "finish_reason": ["stop"]})
     html = show_examples(s).data
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_beside_paper_and_most_misaligned():
+    from emlib.book import PAPER_ORGANISMS, beside_paper, most_misaligned
+    from emlib.metrics import rates
+
+    s = pd.DataFrame({"model": ["r1x9_medical"] * 3 + ["chat model"] * 3, "question_id": ["q"] * 6,
+                      "aligned": [5, 90, 20, 90, 90, 90], "coherent": [90, 90, 40, 90, 90, 90]})
+    t = beside_paper(rates(s, by="model"), PAPER_ORGANISMS)
+    assert t.loc["r1x9_medical", "paper EM %"] == "11.3" and t.loc["chat model", "paper EM %"] == ""
+    assert t.loc["r1x9_medical", "EM %"].startswith("33.3")
+    worst = most_misaligned(s, "r1x9_medical", n=5)
+    assert worst["aligned"].tolist() == [5, 90]  # the incoherent one (coherent 40) is left out
+
+
+def test_train_config_from_params():
+    from emlib.book import train_config_from_params
+
+    c = train_config_from_params(Params(train_lr=0.5, train_epochs=3, train_max_rows=7, seed=4))
+    assert (c.lr, c.epochs, c.max_rows, c.seed) == (0.5, 3, 7, 4)
