@@ -15,12 +15,13 @@ PYTEST_ARGS ?=
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 CHAPTERS := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(NOTEBOOKS))
+PAIRED := $(NOTEBOOKS:.py=.ipynb)
 STAMP := $(VENV)/.installed
 PAPERMILL := HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING
 
 .PHONY: book test notebook clean distclean install check-params
+.SECONDARY: $(PAIRED)  # keep the paired .ipynb files between runs
 .DELETE_ON_ERROR:
-.SECONDARY:
 
 install: $(STAMP)
 
@@ -68,7 +69,8 @@ notebook: check-params notebooks/$(NB).ipynb
 	@mkdir -p book/chapters
 	$(PAPERMILL) notebooks/$(NB).ipynb book/chapters/$(NB).ipynb.tmp.ipynb -p params_file $(PARAMS)
 	mv book/chapters/$(NB).ipynb.tmp.ipynb book/chapters/$(NB).ipynb
-	@echo "executed: book/chapters/$(NB).ipynb (make book renders it)"
+	@rm -f $(PARAMS_STAMP)  # the next `make book` re-executes every chapter with its own PARAMS (from the cache)
+	@echo "executed: book/chapters/$(NB).ipynb; render a book of your run with: make book PARAMS=$(PARAMS)"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
