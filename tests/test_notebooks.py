@@ -40,7 +40,7 @@ def test_paper_judge_is_used_with_a_key_and_the_key_never_appears(tmp_path):
     """Chapter 00 with judge: openai against a loopback chat-completions server, key in the environment."""
     from fake_openai import FakeOpenAI
 
-    secret = "sk-test-DO-NOT-PRINT-0123456789abcdef"
+    secret = "fake-key-DO-NOT-PRINT-0123456789abcdef"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": secret}
     with FakeOpenAI() as server:
         overrides = json.dumps({"overrides": {"judge": "openai", "judge_base_url": server.base_url,
