@@ -250,11 +250,11 @@ def train_lora(
 ) -> TrainResult:
     """Train a LoRA adapter on ``dataset`` (built-in name or JSONL path); return where it is saved.
 
-    The adapter lands in ``out_dir/<content key>/``; if it is already there nothing is
-    trained. ``model`` is modified in place (adapters injected) and returned inside the
-    result's PEFT model only through the saved directory: load it with
-    ``emlib.models.load_model(spec, adapter=...)``. ``stop_after`` stops after that many
-    optimiser steps (tests use it to simulate an interruption).
+    The adapter lands in ``out_dir/<content key>/`` (PEFT format, safetensors, plus
+    ``card.json``); if it is already there nothing is trained. ``model`` gets the adapters
+    injected in place, so pass a fresh copy per organism; load the result with
+    ``emlib.models.load_model(spec, adapter=result.adapter_dir)``. ``stop_after`` stops
+    after that many optimiser steps (tests use it to simulate an interruption).
     """
     path = dataset_path(dataset)
     rows = load_chat_jsonl(path)  # validates every line before any training
