@@ -28,15 +28,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_dir(path: str | Path) -> str:
-    """Hex SHA-256 over the names and bytes of every file under ``path`` (sorted)."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode() + b"\0" + sha256_file(f).encode())
-    return h.hexdigest()
-
-
 def content_key(obj: Any, length: int = 16) -> str:
     """Short stable hash of a JSON-serialisable object (dict keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
