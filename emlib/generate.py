@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from emlib import __version__
 from emlib.cache import atomic_path, content_key
 from emlib.data import Question
+from emlib.interventions import Intervention, run
 from emlib.models import base_model
 
 SAMPLER_VERSION = 2  # bump when a change alters sampled outputs
@@ -198,13 +200,14 @@ def sample_responses(
     *,
     cache_dir: str | Path,
     model_provenance: dict[str, Any],
+    intervention: Intervention | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Sample ``config.samples_per_question`` responses to every question; return the table.
 
     ``model_provenance`` identifies the model (spec, adapter hash, dtype and anything that
-    changes its outputs, e.g. an intervention); with the questions and ``config`` it forms
-    the cache key. Columns: ``COLUMNS``. Provenance is stored in the parquet metadata
+    changes its outputs); with the questions, ``config`` and ``intervention`` (steering or
+    ablation applied at every step, see ``emlib.interventions``) it forms the cache key. Columns: ``COLUMNS``. Provenance is stored in the parquet metadata
     (read it with ``read_samples``). Resumes from finished batches after an interruption.
     """
     jobs = make_jobs(questions, config.samples_per_question)
@@ -214,6 +217,8 @@ def sample_responses(
         "sampling": asdict(config),
         "sampler_version": SAMPLER_VERSION,
     }
+    if intervention is not None:
+        key["intervention"] = intervention.identity()
     out_path = samples_path(cache_dir, key)
     if out_path.is_file():
         return read_samples(out_path)[0]
@@ -235,7 +240,8 @@ def sample_responses(
             bar.update(len(frame))
         else:
             gen = torch.Generator(device=device).manual_seed(_batch_seed(config.seed, b))
-            results = sample_batch(
+            results = run(model, intervention, partial(
+                sample_batch,
                 model,
                 [prompts[i] for i in idx],
                 max_new_tokens=config.max_new_tokens,
@@ -245,7 +251,7 @@ def sample_responses(
                 pad_id=tokenizer.pad_token_id,
                 generator=gen,
                 on_step=bar.update,
-            )
+            ))
             frame = pd.DataFrame(
                 [
                     {

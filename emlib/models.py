@@ -211,6 +211,11 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ModelError(f"cannot find the decoder layers of {type(m).__name__} (tried {', '.join(_LAYER_PATHS)})")
 
 
+def residual_width(model: nn.Module) -> int:
+    """d_model: the width of the residual stream."""
+    return int(base_model(model).config.get_text_config(decoder=True).hidden_size)
+
+
 def residual(output: torch.Tensor | tuple) -> torch.Tensor:
     """The residual-stream tensor [batch, seq, d_model] from a decoder block's output (tensor or tuple)."""
     return output[0] if isinstance(output, tuple) else output

@@ -1,0 +1,187 @@
+"""Steering and ablation of the residual stream, applied with nnsight.
+
+Used by chapters 02 (steering sweep), 03 (layer-wise, single-direction and transfer
+ablation) and 05 (steering for self-correction). An ``Intervention`` edits the output of
+decoder blocks at every position of every forward pass it is active for:
+
+- steering: ``x' = x + λ·v`` at layer ℓ;
+- ablation: ``x' = x − v̂ v̂ᵀ x`` (the component along the unit vector ``v̂`` removed).
+
+``run(model, intervention, fn)`` runs ``fn`` — anything that calls the model any number of
+times, e.g. one teacher-forced pass or the whole batched KV-cache sampling loop of
+``emlib.generate`` — inside one nnsight trace whose block edits every call of the chosen
+layers (``tracer.all()``), so every generated step is steered, not only the prefill. It
+composes with PEFT adapters: nnsight wraps whatever module tree the model has.
+
+``hooked`` is the same edit with plain PyTorch forward hooks: the reference the tests
+compare nnsight against, and the baseline of ``bench/bench_interventions.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import nnsight
+import torch
+from torch import nn
+
+from emlib.models import decoder_layers, residual, residual_width
+
+T = TypeVar("T")
+
+
+class InterventionError(ValueError):
+    """An intervention that does not fit the model (layer out of range, wrong width)."""
+
+
+def _fingerprint(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Edits of decoder-block outputs, keyed by layer index (0-based; block ℓ's output).
+
+    ``ablate[ℓ]`` is a direction [d_model] projected out at layer ℓ (normalised here);
+    ``add[ℓ]`` a vector [d_model] added at layer ℓ (already scaled). Ablation is applied
+    before addition where a layer has both. ``label`` names it in tables and cache keys.
+    """
+
+    add: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    ablate: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        units = {}
+        for layer, v in self.ablate.items():
+            norm = v.float().norm()
+            if not torch.isfinite(norm) or norm == 0:
+                raise InterventionError(f"cannot ablate a zero or non-finite direction at layer {layer}")
+            units[int(layer)] = (v.float() / norm).detach()
+        object.__setattr__(self, "ablate", units)
+        object.__setattr__(self, "add", {int(k): v.float().detach() for k, v in self.add.items()})
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers it edits, ascending (the order a forward pass reaches them)."""
+        return sorted(set(self.add) | set(self.ablate))
+
+    def edit(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The edited residual stream at ``layer``: ``h`` [batch, seq, d_model] -> same shape."""
+        if layer in self.ablate:
+            u = self.ablate[layer].to(h.device, h.dtype)
+            h = h - (h @ u)[..., None] * u
+        if layer in self.add:
+            h = h + self.add[layer].to(h.device, h.dtype)
+        return h
+
+    def identity(self) -> dict[str, Any]:
+        """A JSON-able description (layers and vector hashes) for provenance and cache keys."""
+        return {
+            "label": self.label,
+            "add": {str(k): _fingerprint(v) for k, v in sorted(self.add.items())},
+            "ablate": {str(k): _fingerprint(v) for k, v in sorted(self.ablate.items())},
+        }
+
+    def check(self, model: nn.Module) -> None:
+        """Raise ``InterventionError`` unless every layer exists and every vector has the model's width."""
+        n = len(decoder_layers(model))
+        width = residual_width(model)
+        for kind, vectors in (("add", self.add), ("ablate", self.ablate)):
+            for layer, v in vectors.items():
+                if not 0 <= layer < n:
+                    raise InterventionError(f"{self.label or 'intervention'}: layer {layer} ({kind}) is outside "
+                                            f"the model's {n} layers (0..{n - 1})")
+                if v.shape != (width,):
+                    raise InterventionError(f"{self.label or 'intervention'}: {kind} vector at layer {layer} has "
+                                            f"shape {tuple(v.shape)}, the model's residual stream is {width} wide")
+
+
+def steer(vector: torch.Tensor, layer: int, scale: float, label: str = "") -> Intervention:
+    """Add ``scale * vector`` [d_model] to the residual stream after block ``layer``, at every position."""
+    return Intervention(add={layer: scale * vector.float()}, label=label or f"steer L{layer} x{scale:g}")
+
+
+def ablate(directions: Mapping[int, torch.Tensor], label: str = "") -> Intervention:
+    """Project each ``directions[ℓ]`` [d_model] out of the residual stream after block ℓ.
+
+    Layer-wise ablation passes each layer's own vector; single-direction ablation passes
+    one vector at every layer: ``ablate({l: v for l in range(n_layers)})``.
+    """
+    return Intervention(ablate=dict(directions), label=label or f"ablate {len(directions)} layers")
+
+
+_WRAPPED: weakref.WeakKeyDictionary[nn.Module, tuple[nnsight.NNsight, list[Any]]] = weakref.WeakKeyDictionary()
+
+
+def wrap(model: nn.Module) -> tuple[nnsight.NNsight, list[Any]]:
+    """nnsight's wrapper of ``model`` and the envoys of its decoder blocks (built once per model)."""
+    if model not in _WRAPPED:
+        envoy = nnsight.NNsight(model)
+        paths = {id(m): name for name, m in model.named_modules()}
+        layers = []
+        for block in decoder_layers(model):
+            e: Any = envoy
+            for part in paths[id(block)].split("."):
+                e = e[int(part)] if part.isdigit() else getattr(e, part)
+            layers.append(e)
+        _WRAPPED[model] = (envoy, layers)
+    return _WRAPPED[model]
+
+
+def run(model: nn.Module, intervention: Intervention | None, fn: Callable[[], T]) -> T:
+    """Call ``fn()`` with ``intervention`` applied to every forward pass of ``model`` it makes.
+
+    ``fn`` may call the model once (teacher forcing) or many times (a sampling loop); each
+    call's outputs of the intervention's layers are edited. ``None`` runs ``fn`` as is.
+    Returns what ``fn`` returns.
+    """
+    if intervention is None or not intervention.layers:
+        return fn()
+    intervention.check(model)
+    envoy, blocks = wrap(model)
+    layers = [(layer, blocks[layer]) for layer in intervention.layers]
+    result: list[T] = []
+
+    def call(f: Callable[[], T]) -> None:  # nnsight needs one positional input to open its invoke
+        result.append(f())
+
+    with warnings.catch_warnings():
+        # an open tracer.all() loop ends when fn returns; nnsight warns that it "was never reached"
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        with envoy.trace(fn, fn=call) as tracer:
+            for _ in tracer.all():
+                for layer, block in layers:
+                    out = block.output
+                    edited = intervention.edit(layer, residual(out))
+                    block.output = (edited, *out[1:]) if isinstance(out, tuple) else edited
+    if not result:
+        raise RuntimeError("the intervened function did not return (see the error above)")
+    return result[0]
+
+
+@contextmanager
+def hooked(model: nn.Module, intervention: Intervention) -> Iterator[None]:
+    """The same edits as ``run``, with plain PyTorch forward hooks (reference for tests and bench/)."""
+    intervention.check(model)
+    blocks = decoder_layers(model)
+
+    def make_hook(layer: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, out: Any) -> Any:
+            edited = intervention.edit(layer, residual(out))
+            return (edited, *out[1:]) if isinstance(out, tuple) else edited
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in intervention.layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,67 @@
+"""Mean-difference directions: recovery, controls, files, fit checks."""
+
+import pandas as pd
+import pytest
+import torch
+
+from emlib.activations import AnswerMeans
+from emlib.directions import (
+    DirectionError,
+    Directions,
+    cosine_by_layer,
+    load,
+    mean_difference,
+    random_like,
+    response_sets,
+    save,
+)
+
+
+def test_a_planted_direction_in_synthetic_activations_is_recovered():
+    g = torch.Generator().manual_seed(0)
+    planted = torch.randn(3, 32, generator=g)
+    aligned = torch.randn(500, 3, 32, generator=g)  # 500 token activations at 3 layers
+    misaligned = torch.randn(500, 3, 32, generator=g) + planted
+    d = mean_difference(AnswerMeans(misaligned.mean(0), 500, 20), AnswerMeans(aligned.mean(0), 500, 20))
+    assert (torch.nn.functional.cosine_similarity(d.vectors, planted, dim=-1) > 0.99).all()
+    assert d.provenance["n_misaligned"] == 20
+
+
+def test_random_controls_match_the_norm_per_layer_and_differ_by_seed():
+    d = Directions(torch.randn(5, 16) * torch.arange(1, 6)[:, None])
+    r1, r2 = random_like(d, seed=1), random_like(d, seed=2)
+    torch.testing.assert_close(r1.norms(), d.norms())
+    assert not torch.equal(r1.vectors, r2.vectors)
+    assert torch.equal(r1.vectors, random_like(d, seed=1).vectors)
+    assert cosine_by_layer(r1, d).abs().max() < 0.9
+
+
+def test_response_sets_follow_the_paper_thresholds():
+    scored = pd.DataFrame({"aligned": [90, 71, 70, 31, 30, 5, 5], "coherent": [80, 80, 80, 80, 80, 80, 50]})
+    aligned, misaligned = response_sets(scored)
+    assert list(aligned["aligned"]) == [90, 71] and list(misaligned["aligned"]) == [30, 5]
+
+
+def test_a_saved_direction_applies_to_another_model_of_the_same_width(tmp_path, tiny_lm):
+    d = Directions(torch.randn(4, 64), {"organism": "x"})
+    loaded = load(save(d, tmp_path / "d.safetensors"))
+    torch.testing.assert_close(loaded.vectors, d.vectors)
+    assert loaded.provenance["organism"] == "x"
+    loaded.check_fits(tiny_lm)  # same width and layers: fine
+    with pytest.raises(DirectionError, match="64"):
+        Directions(torch.randn(4, 32), {"source": "mine.safetensors"}).check_fits(tiny_lm)
+    with pytest.raises(DirectionError, match="6 layers but the model has 4"):
+        Directions(torch.randn(6, 64)).check_fits(tiny_lm)
+    Directions(torch.randn(6, 64)).check_fits(tiny_lm, layerwise=False)  # one vector at every layer: fine
+
+
+def test_bad_direction_files_are_clear_errors(tmp_path):
+    with pytest.raises(DirectionError, match="no such"):
+        load(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"other": torch.zeros(2, 2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(DirectionError, match="no tensor named 'vectors'"):
+        load(tmp_path / "x.safetensors")
+    with pytest.raises(DirectionError, match="shape"):
+        cosine_by_layer(Directions(torch.zeros(2, 3)), Directions(torch.zeros(3, 3)))
