@@ -1,5 +1,5 @@
 # make book   — set up .venv, execute every chapter with papermill, render _build/html
-# make test   — set up .venv, run the test suite
+# make test   — set up .venv and Debian's chromium + chromium-driver, run the test suite
 # make notebook NB=00_chat_model PARAMS=my.yaml — run one chapter with your own params
 # make clean  — remove build products (keeps .venv and the result cache .cache/)
 
@@ -19,7 +19,7 @@ PAIRED := $(NOTEBOOKS:.py=.ipynb)
 STAMP := $(VENV)/.installed
 PAPERMILL := HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING
 
-.PHONY: book test notebook clean distclean install check-params
+.PHONY: book test notebook clean distclean install check-params browser
 .SECONDARY: $(PAIRED)  # keep the paired .ipynb files between runs
 .DELETE_ON_ERROR:
 
@@ -72,8 +72,15 @@ notebook: check-params notebooks/$(NB).ipynb
 	@rm -f $(PARAMS_STAMP)  # the next `make book` re-executes every chapter with its own PARAMS (from the cache)
 	@echo "executed: book/chapters/$(NB).ipynb; render a book of your run with: make book PARAMS=$(PARAMS)"
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+# tests/test_browser.py renders the book in Debian's headless Chromium: install it if missing
+# (as root, or through sudo). Only `make test` needs it, not `make book`.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || command -v sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+test: $(STAMP) browser
+	HF_HUB_OFFLINE=1 EMLIB_REQUIRE_BROWSER=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf _build book/chapters notebooks/*.ipynb

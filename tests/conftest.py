@@ -3,8 +3,11 @@ model's cache, and a guard that fails any test which opens a non-loopback connec
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,44 @@ def no_network(monkeypatch):
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+# --- Every chapter executed once per session with params/smoke.yaml (test_notebooks, test_browser) ---
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
+
+
+def run_notebook(nb: Path, out_dir: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    """Pair ``nb`` to .ipynb with jupytext and execute it with papermill on smoke params into
+    ``out_dir/<stem>.out.ipynb``, as ``make book`` would. Papermill writes the executed notebook
+    even when a cell fails (with the error output in it); the returned process says how it ended."""
+    bin_dir = Path(sys.executable).parent
+    ipynb, out = out_dir / f"{nb.stem}.ipynb", out_dir / f"{nb.stem}.out.ipynb"
+    subprocess.run([bin_dir / "jupytext", "--quiet", "--to", "ipynb", "-o", ipynb, nb], check=True, env=env)
+    return subprocess.run(
+        [bin_dir / "papermill", "--cwd", ROOT, "-k", "python3", "--log-level", "ERROR", ipynb, out,
+         "-p", "params_file", "params/smoke.yaml", *extra],
+        env=env, capture_output=True, text=True,
+    )
+
+
+def notebook_outputs(ipynb: Path) -> list[dict]:
+    """All outputs of all code cells of an executed notebook."""
+    cells = json.loads(ipynb.read_text())["cells"]
+    return [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+@pytest.fixture(scope="session")
+def smoke_chapters(tmp_path_factory) -> dict[str, Path]:
+    """Every notebook in notebooks/ executed once, in order, with params/smoke.yaml:
+    {stem: executed .ipynb}. A notebook that fails still maps to its (partly executed) output,
+    whose error outputs the tests report; papermill's exit status and stderr are kept beside it
+    as <stem>.log."""
+    out_dir = tmp_path_factory.mktemp("smoke_chapters")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    executed = {}
+    for nb in NOTEBOOKS:
+        proc = run_notebook(nb, out_dir, env)
+        (out_dir / f"{nb.stem}.log").write_text(f"exit status {proc.returncode}\n{proc.stderr}")
+        executed[nb.stem] = out_dir / f"{nb.stem}.out.ipynb"
+    return executed

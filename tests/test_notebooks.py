@@ -2,36 +2,31 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
-BIN = Path(sys.executable).parent
+from conftest import NOTEBOOKS, ROOT, notebook_outputs, run_notebook
 
 
 def execute(nb: Path, tmp_path: Path, env: dict[str, str], *extra: str) -> list[dict]:
-    """Pair ``nb`` to .ipynb with jupytext, execute it with papermill on smoke params; return its outputs."""
-    ipynb, out = tmp_path / f"{nb.stem}.ipynb", tmp_path / f"{nb.stem}.out.ipynb"
-    subprocess.run([BIN / "jupytext", "--quiet", "--to", "ipynb", "-o", ipynb, nb], check=True, env=env)
-    subprocess.run(
-        [BIN / "papermill", "--cwd", ROOT, "-k", "python3", "--log-level", "ERROR", ipynb, out,
-         "-p", "params_file", "params/smoke.yaml", *extra],
-        check=True, env=env, capture_output=True,
-    )
-    cells = json.loads(out.read_text())["cells"]
-    return [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    """Execute ``nb`` on smoke params (plus papermill ``extra`` arguments); return its outputs."""
+    proc = run_notebook(nb, tmp_path, env, *extra)
+    assert proc.returncode == 0, f"papermill failed on {nb.name}:\n{proc.stderr[-3000:]}"
+    return notebook_outputs(tmp_path / f"{nb.stem}.out.ipynb")
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes_with_smoke_params(nb, tmp_path):
+def test_notebook_executes_with_smoke_params(nb, smoke_chapters):
+    """The session's smoke execution of ``nb`` (shared with test_browser.py) left no error and a figure."""
     assert 'tags=["parameters"]' in nb.read_text(), "the first code cell must be the papermill parameters cell"
-    outputs = execute(nb, tmp_path, {**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert not [o for o in outputs if o["output_type"] == "error"]
+    executed = smoke_chapters[nb.stem]
+    log = executed.with_name(f"{nb.stem}.log").read_text()
+    assert executed.is_file(), f"papermill wrote no output for {nb.name}:\n{log[-3000:]}"
+    outputs = notebook_outputs(executed)
+    errors = [o for o in outputs if o["output_type"] == "error"]
+    assert not errors, f"{nb.name} failed: {errors[0]['ename']}: {errors[0]['evalue']}\n{log[-3000:]}"
+    assert log.startswith("exit status 0\n"), f"papermill failed on {nb.name}:\n{log[-3000:]}"
     assert any("image/png" in o.get("data", {}) for o in outputs), "every chapter shows at least one figure"
 
 
