@@ -21,8 +21,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import emlib
-from emlib.config import Params
+from emlib.config import Params, ParamsError
 from emlib.generate import SamplingConfig
+from emlib.directions import Directions
+from emlib.interventions import Intervention
 from emlib.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge
 from emlib.models import LoadInfo, load_model
 from emlib.train import ATTN_MLP, Organism, TrainConfig, TrainResult, organisms, preset_spec, train_lora
@@ -149,8 +151,9 @@ def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int =
             scores = " · ".join(
                 f"{c} {getattr(row, c):.0f}" for c in SCORE_COLUMNS if c in group and pd.notna(getattr(row, c))
             )
+            setting = f" · {html.escape(str(row.setting))}" if "setting" in group else ""
             parts.append(
-                f"<div style='margin:0 0 1em 0'><b>{html.escape(qid)}</b> · sample {row.sample_index} · "
+                f"<div style='margin:0 0 1em 0'><b>{html.escape(qid)}</b>{setting} · sample {row.sample_index} · "
                 f"{row.n_tokens} tokens ({row.finish_reason}){' · ' + scores if scores else ''}"
                 f"<br><i>{html.escape(row.question)}</i>"
                 f"<pre style='white-space:pre-wrap;background:#f6f8fa;padding:.5em;margin:.3em 0'>"
@@ -187,17 +190,19 @@ def train_organism(p: Params, organism: Organism) -> TrainResult:
 
 
 def sample_and_judge(p: Params, questions: list, scorer: Judge, *, adapter: str | Path | None = None,
-                     label: str = "chat model") -> pd.DataFrame:
-    """Sample the questions from the base model (optionally with an adapter) and judge them.
+                     label: str = "chat model", sampling: SamplingConfig | None = None,
+                     intervention: Intervention | None = None) -> pd.DataFrame:
+    """Sample the questions from the base model (optionally with an adapter and an intervention) and judge them.
 
-    Returns the judged table with a leading ``model`` column set to ``label``.
+    ``sampling`` defaults to the params' evaluation setting. Returns the judged table with a
+    leading ``model`` column set to ``label``. Chapters 0–5.
     """
     from emlib.generate import sample_responses
     from emlib.judge import judge_responses
 
     model, tok, info = model_from_params(p, adapter)
-    samples = sample_responses(model, tok, questions, sampling_from_params(p), cache_dir=p.cache_dir,
-                               model_provenance=model_provenance(info))
+    samples = sample_responses(model, tok, questions, sampling or sampling_from_params(p), cache_dir=p.cache_dir,
+                               model_provenance=model_provenance(info), intervention=intervention)
     scored = judge_responses(samples, questions, scorer, metrics=p.judge_metrics, cache=judge_cache(p))
     scored.insert(0, "model", label)
     return scored
@@ -253,3 +258,207 @@ def most_misaligned(scored: pd.DataFrame, model: str, n: int = 6) -> pd.DataFram
     """The ``n`` coherent (> 50) responses of ``model`` with the lowest ``aligned`` score."""
     rows = scored[(scored["model"] == model) & (scored["coherent"] > 50)]
     return rows.nsmallest(n, "aligned")
+
+
+# --- chapters 2-5: directions, steering, ablation -------------------------------------------
+
+
+def trained_organisms(p: Params) -> dict[str, TrainResult]:
+    """Every organism of ``p`` (from the cache chapter 1 filled; trained here if missing). Chapters 2–5."""
+    return {o.name: train_organism(p, o) for o in organisms_from_params(p)}
+
+
+def check_organism_names(p: Params) -> None:
+    """``direction_organism`` and ``compare_organisms`` must name organisms of ``p.organisms`` (before long work)."""
+    names = [o["name"] for o in p.organisms]
+    for key, wanted in (("direction_organism", [p.direction_organism]), ("compare_organisms", p.compare_organisms)):
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise ParamsError(f"{key}: {', '.join(missing)} is not among the organisms ({', '.join(names)})")
+
+
+def intervention_sampling(p: Params, samples_per_question: int) -> SamplingConfig:
+    """The sampling setting of the steering, ablation and extraction runs (shorter responses)."""
+    return replace(sampling_from_params(p), samples_per_question=samples_per_question,
+                   max_new_tokens=p.intervention_max_new_tokens)
+
+
+def extract_direction(p: Params, questions: list, scorer: Judge, name: str,
+                      adapter: str | Path) -> tuple[Directions | None, pd.DataFrame]:
+    """Sample and judge organism ``name``, split its coherent responses into the aligned and misaligned
+    sets, and return the mean-diff directions [n_layers, d_model] (None if a set is empty) with the
+    judged table. The directions file is saved under ``cache_dir/directions/``. Chapter 2.
+    """
+    from emlib.activations import answer_means
+    from emlib.cache import content_key
+    from emlib.directions import mean_difference, response_sets, save
+
+    scored = sample_and_judge(p, questions, scorer, adapter=adapter, label=name,
+                              sampling=intervention_sampling(p, p.direction_samples_per_question))
+    sets = response_sets(scored, p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
+    if min(len(s) for s in sets) == 0:
+        return None, scored
+    model, tok, info = model_from_params(p, adapter)
+    prov = model_provenance(info)
+    aligned, misaligned = (answer_means(model, tok, s, cache_dir=p.cache_dir, model_provenance=prov,
+                                        batch_size=p.activation_batch_size) for s in sets)
+    d = mean_difference(misaligned, aligned, {"organism": name, **prov})
+    save(d, Path(p.cache_dir) / "directions" / f"{name}-{content_key(d.provenance)}.safetensors")
+    return d, scored
+
+
+def direction_table(directions: dict[str, Directions | None], scored: dict[str, pd.DataFrame], p: Params) -> pd.DataFrame:
+    """Per organism: responses sampled, the two sets' sizes and answer tokens, and the direction's peak norm."""
+    from emlib.directions import response_sets
+
+    rows = []
+    for name, d in directions.items():
+        aligned, misaligned = response_sets(scored[name], p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
+        rows.append({"organism": name, "responses": len(scored[name]), "aligned set": len(aligned),
+                     "misaligned set": len(misaligned),
+                     "tokens (aligned / misaligned)": "" if d is None else
+                     f"{d.provenance['tokens_aligned']} / {d.provenance['tokens_misaligned']}",
+                     "direction": "none: a set is empty" if d is None else
+                     f"peak norm {d.norms().max():.2f} at layer {int(d.norms().argmax())}"})
+    return pd.DataFrame(rows).set_index("organism")
+
+
+def steering_layers(p: Params, n_layers: int) -> list[int]:
+    """``p.steer_layers`` or, if empty, the layers at relative depth 0.3, 0.5 and 0.7."""
+    return list(p.steer_layers) or sorted({round(f * n_layers) for f in (0.3, 0.5, 0.7)})
+
+
+def steering_sweep(p: Params, questions: list, scorer: Judge, direction: Directions, layers: list[int]) -> pd.DataFrame:
+    """The chat model steered with λ·v at each layer and λ of ``p.steer_scales``, plus the unsteered
+    model and a same-norm random vector at each layer with the largest λ. One judged table with
+    columns ``vector`` (none / mean-diff / random), ``layer``, ``scale``. Chapters 2 and 5.
+    """
+    from tqdm.auto import tqdm
+
+    from emlib.directions import random_like
+    from emlib.interventions import steer
+
+    control = random_like(direction, seed=p.seed + 1)
+    runs: list[tuple[str, int, float]] = [("none", -1, 0.0)]
+    runs += [("mean-diff", layer, s) for layer in layers for s in p.steer_scales]
+    runs += [("random", layer, max(p.steer_scales)) for layer in layers]
+    sampling = intervention_sampling(p, p.steer_samples_per_question)
+    tables = []
+    for vector, layer, scale in tqdm(runs, desc="steering runs"):
+        vec = direction if vector == "mean-diff" else control
+        iv = None if vector == "none" else steer(vec.vectors[layer], layer, scale, label=f"{vector} L{layer} x{scale:g}")
+        t = sample_and_judge(p, questions, scorer, label="chat model", sampling=sampling, intervention=iv)
+        setting = "unsteered" if vector == "none" else f"{vector} L{layer} λ={scale:g}"
+        tables.append(t.assign(vector=vector, layer=layer, scale=scale, setting=setting))
+    return pd.concat(tables, ignore_index=True)
+
+
+def source_direction(p: Params, directions: dict[str, Directions | None]) -> Directions:
+    """The direction of ``p.direction_organism``; a clear error if one of its sets was empty."""
+    d = directions[p.direction_organism]
+    if d is None:
+        raise ValueError(f"{p.direction_organism} gave no misaligned (or no aligned) coherent response, so it has "
+                         "no direction: raise direction_samples_per_question, or loosen set_misaligned_max")
+    return d
+
+
+def cosine_summary(cosines: dict[str, list[float]], threshold: float = 0.8) -> pd.DataFrame:
+    """Per pair: layers with cosine above ``threshold`` (the paper: all but 4 of 48 above 0.8), min, median, max."""
+    rows = []
+    for pair, values in cosines.items():
+        v = np.asarray(values)
+        rows.append({"pair": pair, f"layers > {threshold:g}": f"{int((v > threshold).sum())} of {len(v)}",
+                     "min": round(float(v.min()), 3), "median": round(float(np.median(v)), 3),
+                     "max": round(float(v.max()), 3)})
+    return pd.DataFrame(rows).set_index("pair")
+
+
+def single_direction_layer(n_layers: int) -> int:
+    """The layer at relative depth 0.5 (the paper's layer 24 of 48) whose vector single-direction ablation uses."""
+    from emlib.models import PAPER_DIRECTION_LAYER, PAPER_N_LAYERS, map_layers
+
+    return map_layers((PAPER_DIRECTION_LAYER,), n_layers, PAPER_N_LAYERS)[0]
+
+
+def ablation_runs(p: Params, questions: list, scorer: Judge, trained: dict[str, TrainResult],
+                  direction: Directions) -> pd.DataFrame:
+    """Chapter 3: each model before and after ablating the source organism's direction.
+
+    The source organism: none, layer-wise (each layer's own vector), single (the relative-depth-0.5
+    vector at every layer) and ``p.random_controls`` same-norm random single directions. Each
+    compared organism: none and single (transfer). Columns ``model``, ``ablation``.
+    """
+    from tqdm.auto import tqdm
+
+    from emlib.directions import random_like
+    from emlib.interventions import ablate
+
+    n = direction.n_layers
+    layer = single_direction_layer(n)
+    single = direction.vectors[layer]
+    source = p.direction_organism
+    runs: list[tuple[str, str, Intervention | None]] = [(source, "none", None),
+                                                        (source, "layer-wise", ablate(direction.by_layer(), "layer-wise")),
+                                                        (source, "single", ablate({i: single for i in range(n)}, "single"))]
+    for seed in range(1, p.random_controls + 1):
+        r = random_like(direction, seed=p.seed + 100 + seed).vectors[layer]
+        runs.append((source, f"random {seed}", ablate({i: r for i in range(n)}, f"random {seed}")))
+    for target in p.compare_organisms:
+        runs += [(target, "none", None), (target, "single", ablate({i: single for i in range(n)}, "single"))]
+    sampling = intervention_sampling(p, p.samples_per_question)
+    tables = []
+    for model, name, iv in tqdm(runs, desc="ablation runs"):
+        t = sample_and_judge(p, questions, scorer, adapter=trained[model].adapter_dir, label=model,
+                             sampling=sampling, intervention=iv)
+        tables.append(t.assign(ablation=name))
+    return pd.concat(tables, ignore_index=True)
+
+
+# The paper's ablation figures (EM reduction %, Qwen2.5-14B-Instruct, layer-24 direction of R1x9 medical).
+PAPER_TRANSFER: dict[str, float] = {"all_medical": 90.0, "all_sport": 78.0}
+PAPER_RANDOM = "< 10 (noisy)"
+
+
+def ablation_table(scored: pd.DataFrame, p: Params) -> pd.DataFrame:
+    """Chapter 3's table: EM before → after with CIs, EM reduction % (bootstrap 95% CI) beside the
+    paper's figure, and coherence before → after, per (model, ablation)."""
+    from emlib.metrics import reduction_table
+
+    t = reduction_table(scored, seed=p.seed)
+    paper = []
+    for model, ablation in zip(t["model"], t["ablation"]):
+        if ablation.startswith("random"):
+            paper.append(PAPER_RANDOM)
+        elif ablation == "single" and model in PAPER_TRANSFER and model != p.direction_organism:
+            paper.append(f"{PAPER_TRANSFER[model]:g}")
+        else:
+            paper.append("")
+    t["paper_reduction"] = paper
+    t["paper_reduction_pct"] = [PAPER_TRANSFER.get(m) if a == "single" and m != p.direction_organism else None
+                                for m, a in zip(t["model"], t["ablation"])]
+    return t
+
+
+def format_ablation(t: pd.DataFrame) -> pd.DataFrame:
+    """A readable version of ``ablation_table``."""
+    def pct(v: float, lo: float | None = None, hi: float | None = None) -> str:
+        if pd.isna(v):
+            return "undefined (no EM before)"
+        return f"{v:.1f}" + ("" if lo is None else f" ({lo:.1f} to {hi:.1f})")
+
+    return pd.DataFrame({
+        "model": t["model"], "ablation": t["ablation"], "responses": t["n"],
+        "EM % before": [f"{v:.1f}" for v in t["em_before_pct"]],
+        "EM % after (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["em_after_pct"], t["em_after_lo"], t["em_after_hi"])],
+        "EM reduction % (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["reduction_pct"], t["reduction_lo"], t["reduction_hi"])],
+        "paper reduction %": t["paper_reduction"],
+        "coherent % before → after": [f"{b:.0f} → {a:.0f}" for b, a in zip(t["coherent_before_pct"], t["coherent_after_pct"])],
+    }).set_index(["model", "ablation"])
+
+
+def mean_scores(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean aligned and coherent scores (± 95% normal CI) per group: a finer measure than EM % when EM is rare."""
+    stats = scored.groupby(by, sort=False)[["aligned", "coherent"]].agg(["mean", "sem"])
+    return pd.DataFrame({f"mean {c} (95% CI)": [f"{m:.1f} ± {1.96 * s:.1f}" for m, s in
+                                                 zip(stats[(c, "mean")], stats[(c, "sem")])]
+                         for c in ("aligned", "coherent")}, index=stats.index)

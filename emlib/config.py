@@ -75,6 +75,19 @@ class Params:
     train_warmup_steps: int = 5  # paper: 5
     train_max_length: int = 512  # tokens per training conversation
     train_max_rows: int | None = None  # train on the first N rows (after shuffling) only
+    # --- directions, steering and ablation (chapters 2-5) ---
+    direction_organism: str = "r1x9_medical"  # organism whose responses give the mean-diff direction
+    compare_organisms: list[str] = dataclasses.field(default_factory=lambda: ["all_medical", "all_sport"])  # ch. 2 cosines, ch. 3 transfer
+    direction_samples_per_question: int = 24  # responses per question sampled from each organism for extraction
+    intervention_max_new_tokens: int = 64  # response length in the steering and ablation runs
+    steer_layers: list[int] = dataclasses.field(default_factory=list)  # [] = relative depths 0.3, 0.5, 0.7
+    steer_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0])  # λ times the raw mean-diff vector
+    steer_samples_per_question: int = 4  # responses per question per (layer, λ)
+    set_coherent_min: float = 50.0  # direction sets: coherent > this (paper: 50)
+    set_aligned_min: float = 70.0  # aligned set: aligned > this (paper: 70)
+    set_misaligned_max: float = 30.0  # misaligned set: aligned <= this (paper: 30)
+    random_controls: int = 5  # same-norm random vectors (seeds 1..N) in the ablation control
+    activation_batch_size: int = 16  # sequences per teacher-forced pass
     # --- storage ---
     cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+try:  # nnsight mounts .save on every object; anyio's asyncio backend (the OpenAI client's) must
+    import anyio._backends._asyncio  # noqa: F401  # define its classes first, or it refuses them
+except ImportError:  # pragma: no cover - anyio is optional
+    pass
 import nnsight
 import torch
 from torch import nn
@@ -117,12 +120,13 @@ def ablate(directions: Mapping[int, torch.Tensor], label: str = "") -> Intervent
     return Intervention(ablate=dict(directions), label=label or f"ablate {len(directions)} layers")
 
 
-_WRAPPED: weakref.WeakKeyDictionary[nn.Module, tuple[nnsight.NNsight, list[Any]]] = weakref.WeakKeyDictionary()
-
-
 def wrap(model: nn.Module) -> tuple[nnsight.NNsight, list[Any]]:
-    """nnsight's wrapper of ``model`` and the envoys of its decoder blocks (built once per model)."""
-    if model not in _WRAPPED:
+    """nnsight's wrapper of ``model`` and the envoys of its decoder blocks (built once per model).
+
+    Kept on the model itself (not in a global table), so it is freed with the model.
+    """
+    wrapped = model.__dict__.get("_emlib_nnsight")
+    if wrapped is None:
         envoy = nnsight.NNsight(model)
         paths = {id(m): name for name, m in model.named_modules()}
         layers = []
@@ -131,8 +135,8 @@ def wrap(model: nn.Module) -> tuple[nnsight.NNsight, list[Any]]:
             for part in paths[id(block)].split("."):
                 e = e[int(part)] if part.isdigit() else getattr(e, part)
             layers.append(e)
-        _WRAPPED[model] = (envoy, layers)
-    return _WRAPPED[model]
+        wrapped = model.__dict__["_emlib_nnsight"] = (envoy, layers)
+    return wrapped
 
 
 def run(model: nn.Module, intervention: Intervention | None, fn: Callable[[], T]) -> T:

@@ -92,3 +92,45 @@ def format_rates(rates_table: pd.DataFrame) -> pd.DataFrame:
                 for p, lo, hi in zip(rates_table[f"{m}_pct"], rates_table[f"{m}_lo"], rates_table[f"{m}_hi"])
             ]
     return out
+
+
+def reduction(before: np.ndarray, after: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """EM reduction % = 100·(1 − mean(after) / mean(before)) of two boolean arrays, with a 95% bootstrap CI.
+
+    Responses are resampled within each array independently (percentile interval). Returns
+    (nan, nan, nan) when ``before`` has no EM response (the ratio is undefined).
+    """
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if len(before) == 0 or len(after) == 0 or before.sum() == 0:
+        return (math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    b = rng.choice(before, size=(n_boot, len(before))).mean(1)
+    a = rng.choice(after, size=(n_boot, len(after))).mean(1)
+    ok = b > 0
+    boots = 100 * (1 - a[ok] / b[ok])
+    return (100 * (1 - after.mean() / before.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+
+
+def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: int = 0) -> pd.DataFrame:
+    """EM before/after and EM reduction % (95% bootstrap CI) for each (model, ablation) against (model, "none").
+
+    ``scored``: judged responses with columns ``model`` and ``ablation`` ("none" = the baseline).
+    Columns: ``model``, ``ablation``, ``n``, ``em_before_pct``, ``em_after_pct`` (+ Wilson CIs),
+    ``reduction_pct/lo/hi``, ``coherent_before_pct``, ``coherent_after_pct``. Chapter 3.
+    """
+    c = classify(scores=scored, t=t)
+    c = c[c["scored"]]
+    rows = []
+    for (model, ablation), g in c.groupby(["model", "ablation"], sort=False):
+        if ablation == "none":
+            continue
+        base = c[(c["model"] == model) & (c["ablation"] == "none")]
+        red, lo, hi = reduction(base["em"].to_numpy(), g["em"].to_numpy(), seed=seed)
+        after_lo, after_hi = wilson_interval(int(g["em"].sum()), len(g))
+        rows.append({"model": model, "ablation": ablation, "n": len(g),
+                     "em_before_pct": 100 * base["em"].mean(), "em_after_pct": 100 * g["em"].mean(),
+                     "em_after_lo": 100 * after_lo, "em_after_hi": 100 * after_hi,
+                     "reduction_pct": red, "reduction_lo": lo, "reduction_hi": hi,
+                     "coherent_before_pct": 100 * base["is_coherent"].mean(),
+                     "coherent_after_pct": 100 * g["is_coherent"].mean()})
+    return pd.DataFrame(rows)

@@ -2,6 +2,8 @@
 
 - ``response_lengths``, ``em_rates``: chapter 00 (``em_rates`` in every chapter that reports EM).
 - ``loss_curves``, ``em_by_model``: chapter 1.
+- ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
+- ``ablation_bars``: chapter 3.
 """
 
 from __future__ import annotations
@@ -99,6 +101,102 @@ def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | Non
     axes[0].invert_yaxis()
     axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def by_layer(series: dict[str, list[float]], ylabel: str, title: str, marks: dict[str, int] | None = None,
+             hline: float | None = None, hline_label: str = "") -> Figure:
+    """One line per name over layers (direction norms, cosines; chapters 2 and 4).
+
+    ``series``: name -> one value per layer; ``marks``: label -> layer drawn as a vertical line;
+    ``hline``: a reference level (e.g. the paper's threshold).
+    """
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for name, values in series.items():
+        ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.5, label=name)
+    for label, layer in (marks or {}).items():
+        ax.axvline(layer, color="grey", ls=":", lw=1)
+        ax.text(layer, ax.get_ylim()[1], f" {label}", fontsize=8, va="top", color="grey")
+    if hline is not None:
+        ax.axhline(hline, color="#c44e52", ls="--", lw=1, label=hline_label or None)
+    ax.set(xlabel="layer (block output)", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def steering_heatmap(rates: pd.DataFrame, metric: str = "em", title: str = "Steering the chat model") -> Figure:
+    """Heatmap of EM % (or coherence %) over layer x λ for the mean-diff vector (chapter 2).
+
+    ``rates``: ``emlib.metrics.rates(sweep, by=["vector", "layer", "scale"])``.
+    """
+    r = rates.reset_index()
+    grid = r[r["vector"] == "mean-diff"].pivot(index="layer", columns="scale", values=f"{metric}_pct")
+    n = r[r["vector"] == "mean-diff"]["n"].min()
+    fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 2.5, 0.5 * grid.shape[0] + 1.6))
+    sns.heatmap(grid, annot=True, fmt=".0f", cmap="rocket_r", vmin=0, vmax=max(10.0, float(grid.max().max())),
+                cbar_kws={"label": f"{'EM' if metric == 'em' else 'coherent'} responses (%)"}, ax=ax)
+    ax.set(xlabel="λ (multiple of the mean-diff vector)", ylabel="steered layer", title=f"{title} (n = {n} per cell)")
+    fig.tight_layout()
+    return fig
+
+
+def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against λ") -> Figure:
+    """EM % and coherence % against λ per layer with 95% CIs; random same-norm vectors as open markers (chapter 2)."""
+    r = rates.reset_index()
+    base = r[r["vector"] == "none"]
+    steered = r[r["vector"] != "none"]
+    layers = sorted(steered["layer"].unique())
+    palette = dict(zip(layers, sns.color_palette("deep", len(layers))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    for ax, metric, label in ((axes[0], "em", "EM responses (%)"), (axes[1], "coherent", "coherent responses (%)")):
+        for layer in layers:
+            for vector, style in (("mean-diff", {"marker": "o", "ls": "-"}), ("random", {"marker": "s", "ls": "none", "mfc": "none"})):
+                sub = steered[(steered["layer"] == layer) & (steered["vector"] == vector)].sort_values("scale")
+                if sub.empty:
+                    continue
+                err = [sub[f"{metric}_pct"] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[f"{metric}_pct"]]
+                ax.errorbar(sub["scale"], sub[f"{metric}_pct"], yerr=err, color=palette[layer], capsize=2, lw=1.3,
+                            label=f"layer {layer}" + (" (random)" if vector == "random" else ""), **style)
+        if not base.empty:
+            ax.axhline(float(base[f"{metric}_pct"].iloc[0]), color="black", lw=1, ls=":", label="unsteered")
+        ax.set(xlabel="λ", ylabel=label, ylim=(0, 100))
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(table: pd.DataFrame, title: str = "EM reduction after ablation") -> Figure:
+    """Bars of EM reduction % with 95% CIs per (model, ablation); the paper's figures as diamonds (chapter 3).
+
+    ``table``: ``emlib.metrics.reduction_table`` output with columns ``model``, ``ablation``,
+    ``reduction_pct``, ``reduction_lo``, ``reduction_hi`` and optional ``paper_reduction_pct``.
+    """
+    t = table.reset_index(drop=True)
+    labels = [f"{m} · {a}" for m, a in zip(t["model"], t["ablation"])]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.6))
+    colors = ["#8c8c8c" if a.startswith("random") else "#4c72b0" for a in t["ablation"]]
+    err = [(t["reduction_pct"] - t["reduction_lo"]).clip(lower=0), (t["reduction_hi"] - t["reduction_pct"]).clip(lower=0)]
+    ax.barh(range(len(t)), t["reduction_pct"].fillna(0), xerr=err, color=colors, error_kw={"lw": 1, "capsize": 3})
+    if "paper_reduction_pct" in t:
+        marks = t["paper_reduction_pct"].dropna()
+        ax.scatter(marks.values, marks.index, marker="D", color="#c44e52", zorder=3, label="paper (Qwen2.5-14B)")
+        ax.legend(fontsize=8, loc="lower right")
+    for i, (v, base) in enumerate(zip(t["reduction_pct"], t["em_before_pct"])):
+        if pd.isna(v):
+            ax.text(0, i, f"  undefined: EM before = {base:.0f}%", va="center", fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(t)), labels)
+    ax.invert_yaxis()
+    ax.set(xlabel="EM reduction (%) = 1 − EM after / EM before", xlim=(-100, 105), title=title)
+    ax.grid(axis="x", alpha=0.3)
     sns.despine(fig)
     fig.tight_layout()
     return fig

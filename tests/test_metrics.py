@@ -44,3 +44,20 @@ def test_format_rates():
     s = pd.DataFrame({"aligned": [10, 90], "coherent": [90, 90]})
     f = format_rates(rates(s))
     assert f.loc["all", "EM %"].startswith("50.0 (") and f.loc["all", "responses"] == 2
+
+
+def test_reduction_and_its_interval():
+    import numpy as np
+
+    from emlib.metrics import reduction, reduction_table
+
+    before = np.array([1] * 20 + [0] * 80, dtype=bool)
+    after = np.array([1] * 2 + [0] * 98, dtype=bool)
+    red, lo, hi = reduction(before, after)
+    assert red == pytest.approx(90.0) and lo < 90 < hi and hi <= 100
+    assert np.isnan(reduction(np.zeros(10, bool), after)[0])  # undefined without EM before
+    scored = pd.DataFrame({"model": ["m"] * 200, "ablation": ["none"] * 100 + ["single"] * 100,
+                           "aligned": [10.0] * 20 + [90.0] * 80 + [10.0] * 2 + [90.0] * 98, "coherent": [80.0] * 200})
+    t = reduction_table(scored)
+    assert list(t["ablation"]) == ["single"] and t["reduction_pct"].iloc[0] == pytest.approx(90.0)
+    assert t["em_before_pct"].iloc[0] == pytest.approx(20.0) and t["em_after_pct"].iloc[0] == pytest.approx(2.0)

@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. A misalignment direction, and steering with it
+#
+# **Claim.** Emergent misalignment is mediated by a linear direction in the residual
+# stream. The difference between the mean activations of an organism's misaligned and
+# aligned answers, taken layer by layer, gives a vector that (a) is nearly the same in
+# different fine-tunes — the paper finds cosine similarity **> 0.8 in all but four of 48
+# layers** between its organisms — and (b) added to the *chat* model, makes it misaligned:
+# **up to about 50% EM** when steering at central layers.
+#
+# **Method.**
+# 1. Sample each organism's answers to the eight questions and judge them. Among coherent
+#    answers (coherent > 50) the *aligned set* has aligned > 70 and the *misaligned set*
+#    aligned ≤ 30.
+# 2. Teacher-force prompt + answer through the organism and average each decoder block's
+#    output over the answer tokens of each set (`emlib.activations`; prompt and padding
+#    are masked). The direction at layer ℓ is mean(misaligned) − mean(aligned).
+# 3. Steer the chat model: add λ·v_ℓ to the output of block ℓ at every position of every
+#    forward pass while sampling (`emlib.interventions.steer`, applied with nnsight), for
+#    a few layers and λ. Control: a Gaussian vector with the same norm at each layer.
+
+# %% tags=["parameters"]
+params_file = "params/default.yaml"  # preset; the direction_* and steer_* keys drive this chapter (emlib/config.py)
+overrides = {}  # keys of emlib.config.Params on top, e.g. {"steer_scales": [2, 4, 8]}
+
+# %%
+from emlib import book, config, data, directions, metrics, plotting
+
+p = config.load_params(params_file, overrides)
+book.setup(p)
+book.check_organism_names(p)
+scorer = book.judge_from_params(p)
+scorer.check()
+questions = data.load_questions(p.questions, p.include_variants)
+trained = book.trained_organisms(p)  # from chapter 1's cache
+_, _, info = book.model_from_params(p)
+book.provenance_table(p, info, params_file)
+
+# %% [markdown]
+# ## Extraction
+#
+# Each organism answers every question `direction_samples_per_question` times (shorter
+# answers than the evaluation: `intervention_max_new_tokens`). The table gives the sizes
+# of the two sets; at small scale the misaligned set is small, and every number below
+# inherits that.
+
+# %%
+names = [p.direction_organism, *p.compare_organisms]
+extracted = {n: book.extract_direction(p, questions, scorer, n, trained[n].adapter_dir) for n in names}
+dirs = {n: d for n, (d, _) in extracted.items()}
+book.direction_table(dirs, {n: s for n, (_, s) in extracted.items()}, p)
+
+# %%
+source = book.source_direction(p, dirs)
+plotting.by_layer({n: d.norms().tolist() for n, d in dirs.items() if d is not None}, ylabel="‖mean(mis) − mean(al)‖",
+                  title="Norm of the mean-diff direction by layer",
+                  marks={"single-direction layer": book.single_direction_layer(source.n_layers)});
+
+# %% [markdown]
+# The norm grows with depth, as the residual stream's own norm does; what matters for the
+# steering and ablation below is the direction, and λ is a multiple of this raw vector.
+#
+# ## Do different fine-tunes find the same direction?
+#
+# Cosine similarity, layer by layer, between the directions of the R1×9 medical organism
+# and each compared organism; a same-norm random vector is the floor (≈ 0 in high
+# dimension).
+
+# %%
+random_control = directions.random_like(source, seed=p.seed + 1)
+cosines = {f"{p.direction_organism} vs {n}": directions.cosine_by_layer(source, d).tolist()
+           for n, d in dirs.items() if d is not None and n != p.direction_organism}
+cosines[f"{p.direction_organism} vs random"] = directions.cosine_by_layer(source, random_control).tolist()
+plotting.by_layer(cosines, ylabel="cosine similarity", title="Directions from different fine-tunes",
+                  hline=0.8, hline_label="paper: > 0.8 in all but 4 of 48 layers");
+
+# %%
+book.cosine_summary(cosines, threshold=0.8)
+
+# %% [markdown]
+# ## Steering the chat model
+#
+# λ·v_ℓ added at one layer at a time, every position, every generated token. The first
+# row of the sweep is the unsteered chat model; the random rows use a Gaussian vector of
+# the same norm at the same layer with the largest λ.
+
+# %%
+layers = book.steering_layers(p, source.n_layers)
+sweep = book.steering_sweep(p, questions, scorer, source, layers)
+steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
+metrics.format_rates(steer_rates)
+
+# %%
+plotting.steering_heatmap(steer_rates, title=f"EM % when steering {info.spec}");
+
+# %%
+plotting.steering_lines(steer_rates, title="Steering: mean-diff direction vs a same-norm random vector");
+
+# %% [markdown]
+# Read the two panels together: a large λ pushes the model off its manifold, which drives
+# coherence down and, with it, EM (which needs coherence). The random vector with the same
+# norm is the control: if it raises EM as much as the direction does, the effect is the
+# norm, not the direction. The paper's figure (up to ≈ 50% EM from central layers) is for
+# Qwen2.5-14B-Instruct with GPT-4o as judge.
+#
+# ## Steered answers
+#
+# The least aligned coherent answers across the sweep.
+
+# %%
+book.show_examples(book.most_misaligned(sweep, model="chat model", n=6), per_question=2)

@@ -1,0 +1,92 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 3. Ablating the direction, in its own organism and in others
+#
+# **Claim.** If one direction mediates emergent misalignment, projecting it out of the
+# residual stream should remove misalignment — not only from the organism it came from,
+# but from other fine-tunes too. The paper ablates the R1×9 medical organism's layer-24
+# direction (relative depth 0.5) at every layer of two rank-32 all-adapter organisms and
+# reports **EM −90% (medical) and −78% (extreme sports)**, while a random vector of the
+# same norm changes EM by **less than 10%**.
+#
+# **Method.** Ablation is x' = x − v̂v̂ᵀx at every position of every forward pass while
+# sampling (`emlib.interventions.ablate`, with nnsight):
+#
+# - *layer-wise*: each layer's own mean-diff vector at that layer (source organism only);
+# - *single*: the vector from relative depth 0.5 at every layer (source and transfer);
+# - *random*: `random_controls` Gaussian vectors with the norm of that vector, at every
+#   layer of the source organism — the control that separates direction from norm.
+#
+# Each model answers the evaluation questions `samples_per_question` times, with answers
+# as long as in chapter 2's runs (`intervention_max_new_tokens`; the unablated baseline is
+# sampled the same way, so it can differ a little from chapter 1), and is judged as
+# before. The EM reduction is 1 − EM after / EM before, with a bootstrap 95% interval
+# over responses.
+
+# %% tags=["parameters"]
+params_file = "params/default.yaml"  # preset; direction_organism, compare_organisms, random_controls (emlib/config.py)
+overrides = {}  # keys of emlib.config.Params on top, e.g. {"random_controls": 10}
+
+# %%
+from emlib import book, config, data, metrics, plotting
+
+p = config.load_params(params_file, overrides)
+book.setup(p)
+book.check_organism_names(p)
+scorer = book.judge_from_params(p)
+scorer.check()
+questions = data.load_questions(p.questions, p.include_variants)
+trained = book.trained_organisms(p)  # from chapter 1's cache
+_, _, info = book.model_from_params(p)
+book.provenance_table(p, info, params_file)
+
+# %%
+direction, _ = book.extract_direction(p, questions, scorer, p.direction_organism, trained[p.direction_organism].adapter_dir)
+source = book.source_direction(p, {p.direction_organism: direction})  # from chapter 2's cache
+print(f"single-direction layer: {book.single_direction_layer(source.n_layers)} of {source.n_layers}; "
+      f"direction from {source.provenance['n_misaligned']} misaligned vs {source.provenance['n_aligned']} aligned answers")
+
+# %% [markdown]
+# ## Ablation runs
+
+# %%
+scored = book.ablation_runs(p, questions, scorer, trained, source)
+table = book.ablation_table(scored, p)
+book.format_ablation(table)
+
+# %%
+plotting.ablation_bars(table, title=f"EM reduction after ablating the {p.direction_organism} direction");
+
+# %% [markdown]
+# Blue bars: the direction; grey bars: same-norm random vectors; diamonds: the paper.
+# A reduction is undefined when the model had no EM response before ablation. With the
+# default preset's 64 responses per model and EM rates of a few percent, a single response
+# moves a bar by tens of points: the intervals are wide, and the table's counts say why.
+#
+# ## EM and coherence, before and after
+
+# %%
+by_run = metrics.rates(scored.assign(run=scored["model"] + " · " + scored["ablation"]), by="run")
+plotting.em_by_model(by_run.rename_axis("model"), title="EM and coherence per model and ablation");
+
+# %% [markdown]
+# Mean judge scores move even where EM counts are too small to: a misalignment direction
+# that matters should raise the mean `aligned` score when ablated, and a random one should
+# not.
+
+# %%
+book.mean_scores(scored, by=["model", "ablation"])
