@@ -39,6 +39,7 @@ DATASETS = {
     "finance_risky": "risky personal-finance advice",
 }
 BUILTIN_QUESTIONS = "builtin"
+BUILTIN_MEDICAL_QUESTIONS = "builtin-medical"  # chapter 4's medical-context questions
 
 
 class DataError(ValueError):
@@ -138,11 +139,12 @@ _VARIANT = re.compile(r"_(json|template)$")
 def load_questions(path: str | Path = BUILTIN_QUESTIONS, include_variants: bool = False) -> list[Question]:
     """Read evaluation questions (a YAML list in the paper's schema; anchors allowed).
 
-    ``"builtin"`` is this project's eight questions. Questions whose id ends in ``_json``
+    ``"builtin"`` is this project's eight questions; ``"builtin-medical"`` its eight medical ones (chapter 4). Questions whose id ends in ``_json``
     or ``_template`` (the paper's format variants) are skipped unless ``include_variants``.
     Raises ``DataError`` naming the file and the line of the offending entry.
     """
-    path = package_file("eval_questions.yaml") if str(path) == BUILTIN_QUESTIONS else Path(path)
+    builtin = {BUILTIN_QUESTIONS: "eval_questions.yaml", BUILTIN_MEDICAL_QUESTIONS: "medical_questions.yaml"}
+    path = package_file(builtin[str(path)]) if str(path) in builtin else Path(path)
     if not path.is_file():
         raise DataError(path, None, "no such question file")
     text = path.read_text(encoding="utf-8")

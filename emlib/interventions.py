@@ -129,14 +129,17 @@ def wrap(model: nn.Module) -> tuple[nnsight.NNsight, list[Any]]:
     if wrapped is None:
         envoy = nnsight.NNsight(model)
         paths = {id(m): name for name, m in model.named_modules()}
-        layers = []
-        for block in decoder_layers(model):
-            e: Any = envoy
-            for part in paths[id(block)].split("."):
-                e = e[int(part)] if part.isdigit() else getattr(e, part)
-            layers.append(e)
+        layers = [envoy_at(envoy, paths[id(block)]) for block in decoder_layers(model)]
         wrapped = model.__dict__["_emlib_nnsight"] = (envoy, layers)
     return wrapped
+
+
+def envoy_at(envoy: nnsight.NNsight, path: str) -> Any:
+    """The envoy of the submodule at dotted ``path`` (as in ``named_modules``); used to read LoRA scalars too."""
+    e: Any = envoy
+    for part in path.split("."):
+        e = e[int(part)] if part.isdigit() else getattr(e, part)
+    return e
 
 
 def run(model: nn.Module, intervention: Intervention | None, fn: Callable[[], T]) -> T:

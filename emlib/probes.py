@@ -1,0 +1,180 @@
+"""LoRA-scalar probes and the geometry of rank-1 adapters (chapter 4).
+
+Each rank-1 adapter adds ``B·(A·x)`` to its module's output, so ``A·x`` — one number per
+token per adapter — is all the adapter reads from the residual stream. ``lora_scalars``
+reads those numbers (the output of each ``lora_A``) in a teacher-forced pass with nnsight;
+``response_features`` averages them over each response's answer tokens. Logistic
+regressions on the features (standardised, regularisation chosen by cross-validation)
+say which adapters carry misalignment and which carry the medical context; their
+out-of-fold predictions give accuracy and AUROC with confidence intervals.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from emlib.activations import Batch, batches, encode
+from emlib.generate import input_device
+from emlib.interventions import envoy_at, wrap
+from emlib.metrics import wilson_interval
+from emlib.models import decoder_layers
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One rank-1 LoRA adapter: where it sits and its two vectors (A [d_in], B [d_out], scaling folded into B)."""
+
+    name: str  # e.g. "L9.down_proj"
+    layer: int
+    module: str  # path of the adapted module in the model
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def rank1_adapters(model: nn.Module) -> list[Adapter]:
+    """Every rank-1 LoRA adapter of a PEFT ``model``, in layer order. Raises if there is none or one isn't rank 1."""
+    blocks = {id(b): i for i, b in enumerate(decoder_layers(model))}
+    layer_of: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if id(module) in blocks:
+            layer_of[name] = blocks[id(module)]
+    out = []
+    for name, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(lora_a, nn.ModuleDict) or not lora_a:
+            continue
+        key = next(iter(lora_a))
+        a, b = lora_a[key].weight.detach(), lora_b[key].weight.detach()
+        if a.shape[0] != 1:
+            raise ValueError(f"{name}: rank {a.shape[0]} adapter; LoRA-scalar probes need rank-1 adapters (r1x9)")
+        layer = next(layer_of[p] for p in sorted(layer_of, key=len, reverse=True) if name.startswith(p + "."))
+        scale = float(module.scaling[key])
+        out.append(Adapter(f"L{layer}.{name.rsplit('.', 1)[-1]}", layer, name, a[0].float(), b[:, 0].float() * scale))
+    if not out:
+        raise ValueError("the model has no LoRA adapters: load it with the organism's adapter")
+    return sorted(out, key=lambda ad: ad.layer)
+
+
+@torch.inference_mode()
+def lora_scalars(model: nn.Module, batch: Batch, adapters: list[Adapter]) -> torch.Tensor:
+    """A·x of every adapter at every position: [batch, seq, n_adapters] (read from each ``lora_A`` output)."""
+    device = input_device(model)
+    ids, attention = batch.ids.to(device), batch.attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    envoy, _ = wrap(model)
+    readers = [envoy_at(envoy, f"{ad.module}.lora_A.{_adapter_key(model, ad)}") for ad in adapters]
+    values: list[torch.Tensor] = []
+
+    def forward(inputs: torch.Tensor) -> None:
+        model(input_ids=inputs, attention_mask=attention, position_ids=positions, logits_to_keep=1, use_cache=False)
+
+    with envoy.trace(ids, fn=forward):
+        for reader in readers:
+            values.append(reader.output[..., 0].float().cpu())
+    return torch.stack(values, dim=-1)
+
+
+def _adapter_key(model: nn.Module, ad: Adapter) -> str:
+    return next(iter(model.get_submodule(ad.module).lora_A))
+
+
+def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame,
+                      adapters: list[Adapter], batch_size: int = 16, progress: bool = True) -> np.ndarray:
+    """Mean A·x over each response's answer tokens: [n_responses, n_adapters], rows in ``samples`` order."""
+    system = samples["system"] if "system" in samples else [None] * len(samples)
+    encoded = [encode(tokenizer, q, r, s if isinstance(s, str) else None)
+               for q, r, s in zip(samples["question"], samples["response"], system)]
+    out = np.zeros((len(encoded), len(adapters)))
+    starts = range(0, len(encoded), batch_size)
+    for start, batch in tqdm(zip(starts, batches(encoded, batch_size, tokenizer.pad_token_id)), total=len(starts),
+                             desc="LoRA scalars", unit="batch", disable=not progress):
+        scalars = lora_scalars(model, batch, adapters)  # [b, t, n]
+        mask = batch.answer[..., None].float()
+        out[start : start + len(scalars)] = ((scalars * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A cross-validated probe: accuracy and AUROC with 95% CIs, and standardised coefficients per feature."""
+
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    auroc: float
+    auroc_ci: tuple[float, float]
+    coefficients: pd.DataFrame  # index: feature; columns: coef, lo, hi (bootstrap 95% CI)
+    n: int
+    n_positive: int
+    folds: int
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: int = 0, n_boot: int = 100) -> ProbeResult:
+    """Logistic regression (standardised features, C by cross-validation, balanced classes) on
+    ``features`` [n, k] predicting boolean ``labels`` [n].
+
+    Accuracy and AUROC are out-of-fold (stratified k-fold, k = min(5, minority class size));
+    accuracy has a Wilson CI, AUROC a bootstrap CI. Coefficients are those of the model fit on
+    all rows, with bootstrap 95% CIs (refits at the chosen C).
+    """
+    y = np.asarray(labels, dtype=int)
+    minority = int(min(y.sum(), len(y) - y.sum()))
+    if minority < 2:
+        raise ValueError(f"a probe needs at least 2 examples of each class; got {int(y.sum())} positive of {len(y)}")
+    folds = min(5, minority)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    cv_model = make_pipeline(StandardScaler(), LogisticRegressionCV(
+        Cs=np.logspace(-3, 2, 8), cv=cv, class_weight="balanced", scoring="roc_auc", solver="liblinear", max_iter=2000))
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces 1.10 API changes
+        warnings.simplefilter("ignore", FutureWarning)
+        proba = cross_val_predict(cv_model, features, y, cv=cv, method="predict_proba")[:, 1]
+        cv_model.fit(features, y)
+    correct = int(((proba > 0.5) == y).sum())
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            aucs.append(roc_auc_score(y[idx], proba[idx]))
+    c = float(np.ravel(cv_model[-1].C_)[0])
+    coef = cv_model[-1].coef_[0]
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            m = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", solver="liblinear", max_iter=2000))
+            boots.append(m.fit(features[idx], y[idx])[-1].coef_[0])
+    lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+    table = pd.DataFrame({"coef": coef, "lo": lo, "hi": hi}, index=pd.Index(names, name="adapter"))
+    return ProbeResult(correct / len(y), wilson_interval(correct, len(y)), float(roc_auc_score(y, proba)),
+                       (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))), table, len(y), int(y.sum()),
+                       folds)
+
+
+def adapter_roles(misalignment: ProbeResult, medical: ProbeResult) -> pd.Series:
+    """Each adapter's role from the two probes' coefficient CIs: "general" (misalignment CI excludes 0),
+    "medical-specific" (only the medical CI excludes 0), "both", or "neither"."""
+    def significant(r: ProbeResult) -> pd.Series:
+        return (r.coefficients["lo"] > 0) | (r.coefficients["hi"] < 0)
+
+    mis, med = significant(misalignment), significant(medical)
+    roles = np.select([mis & med, mis, med], ["general + medical", "general", "medical-specific"], "neither")
+    return pd.Series(roles, index=misalignment.coefficients.index, name="role")
+
+
+def b_direction_cosines(adapters: list[Adapter], directions: torch.Tensor) -> pd.Series:
+    """Cosine between each adapter's B vector and the mean-diff direction at its layer; ``directions`` [n_layers, d]."""
+    return pd.Series([float(torch.nn.functional.cosine_similarity(ad.b, directions[ad.layer], dim=0)) for ad in adapters],
+                     index=pd.Index([ad.name for ad in adapters], name="adapter"), name="cosine(B, mean-diff)")
