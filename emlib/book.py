@@ -44,8 +44,12 @@ def setup(p: Params) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
 
 
-def model_from_params(p: Params, adapter: str | Path | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]:
-    """``emlib.models.load_model`` with the loading keys of ``p``; ``adapter`` (if given) replaces ``p.adapter``."""
+def model_from_params(p: Params, adapter: str | Path | None = None,
+                      merge: bool = True) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]:
+    """``emlib.models.load_model`` with the loading keys of ``p``; ``adapter`` (if given) replaces ``p.adapter``.
+
+    The adapter is merged into the weights unless ``merge=False`` (chapter 4 reads its modules).
+    """
     return load_model(
         p.model,
         adapter if adapter is not None else p.adapter,
@@ -53,6 +57,7 @@ def model_from_params(p: Params, adapter: str | Path | None = None) -> tuple[nn.
         device_map=p.device_map,
         cache_dir=p.cache_dir,
         trust_remote_code=p.trust_remote_code,
+        merge=merge,
     )
 
 
@@ -109,7 +114,8 @@ def judge_note(judge: Judge) -> Any:
 
 def model_provenance(info: LoadInfo) -> dict[str, Any]:
     """What identifies a loaded model's outputs (part of every cache key downstream)."""
-    return {"model": info.spec, "adapter_sha256": info.adapter_sha256, "dtype": info.dtype}
+    return {"model": info.spec, "adapter_sha256": info.adapter_sha256, "dtype": info.dtype,
+            **({"merged": True} if info.merged else {})}
 
 
 def provenance_table(p: Params, info: LoadInfo, params_file: str) -> pd.DataFrame:
@@ -241,7 +247,7 @@ def beside_paper(rates_by_model: pd.DataFrame, paper: dict[str, tuple[float, flo
     """This run's EM % and coherence % (95% CI) per model next to the paper's figures where it has them."""
     from emlib.metrics import format_rates
 
-    out = format_rates(rates_by_model).drop(columns=["recognition %"], errors="ignore")
+    out = format_rates(rates_by_model).drop(columns=["recognition %", "self-correction %"], errors="ignore")
     out["paper EM %"] = [f"{paper[m][0]:g}" if m in paper else "" for m in out.index]
     out["paper coherent %"] = [f"> {paper[m][1]:g}" if m in paper else "" for m in out.index]
     return out
@@ -462,3 +468,125 @@ def mean_scores(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame({f"mean {c} (95% CI)": [f"{m:.1f} ± {1.96 * s:.1f}" for m, s in
                                                  zip(stats[(c, "mean")], stats[(c, "sem")])]
                          for c in ("aligned", "coherent")}, index=stats.index)
+
+
+# --- chapter 4: LoRA-scalar probes and geometry ---------------------------------------------
+
+PAPER_B_COSINE = 0.04  # cosine of a rank-1 B vector with the mean-diff direction at its layer
+PAPER_DOWNSTREAM = (0.42, 40, 48)  # cosine of induced activation changes, by layer 40 of 48
+PAPER_ROLES = "6 adapters general, 2 medical-specific (of 9)"
+
+
+def rank1_adapters(model: nn.Module) -> list:
+    """``emlib.probes.rank1_adapters``: the organism's rank-1 adapters in layer order."""
+    from emlib.probes import rank1_adapters as adapters
+
+    return adapters(model)
+
+
+def adapter_roles(probes: dict) -> pd.DataFrame:
+    """Each adapter's role from the two probes, with both coefficients."""
+    from emlib.probes import adapter_roles as roles
+
+    mis, med = probes["misaligned vs aligned"], probes["medical vs general context"]
+    out = pd.DataFrame({"misalignment coef": mis.coefficients["coef"].round(3),
+                        "medical coef": med.coefficients["coef"].round(3), "role": roles(mis, med)})
+    counts = out["role"].value_counts()
+    out.attrs["summary"] = ", ".join(f"{n} {role}" for role, n in counts.items())
+    return out
+
+
+def paper_layer(layer: int, n_layers: int) -> int:
+    """The paper's layer (of 48) at the same relative depth in a model with ``n_layers``."""
+    from emlib.models import PAPER_N_LAYERS, map_layers
+
+    return map_layers((layer,), n_layers, PAPER_N_LAYERS)[0]
+
+
+def adapter_table(adapters: list, direction: Directions) -> pd.DataFrame:
+    """Per rank-1 adapter: layer, ‖A‖, ‖B‖ (scaling included) and cos(B, mean-diff direction at its layer)."""
+    from emlib.probes import b_direction_cosines
+
+    cos = b_direction_cosines(adapters, direction.vectors)
+    return pd.DataFrame({"layer": [a.layer for a in adapters], "‖A‖": [round(float(a.a.norm()), 3) for a in adapters],
+                         "‖B‖": [round(float(a.b.norm()), 3) for a in adapters], cos.name: cos.round(3).values,
+                         "paper": PAPER_B_COSINE}, index=cos.index)
+
+
+def medical_samples(p: Params, adapter: str | Path) -> pd.DataFrame:
+    """The organism's answers to this project's medical questions (sampled, not judged). Chapter 4."""
+    from emlib.data import BUILTIN_MEDICAL_QUESTIONS, load_questions
+    from emlib.generate import sample_responses
+
+    model, tok, info = model_from_params(p, adapter)
+    return sample_responses(model, tok, load_questions(BUILTIN_MEDICAL_QUESTIONS),
+                            intervention_sampling(p, p.samples_per_question), cache_dir=p.cache_dir,
+                            model_provenance=model_provenance(info))
+
+
+def probe_datasets(p: Params, general: pd.DataFrame, medical: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    """The two probes' rows and labels: misaligned (1) vs aligned (0) among the judged general answers,
+    and medical (1) vs general (0) context."""
+    from emlib.directions import response_sets
+
+    aligned, misaligned = response_sets(general, p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
+    mis = pd.concat([misaligned, aligned], ignore_index=True)
+    med = pd.concat([medical, general], ignore_index=True)
+    return {"misaligned vs aligned": (mis, np.r_[np.ones(len(misaligned)), np.zeros(len(aligned))].astype(bool)),
+            "medical vs general context": (med, np.r_[np.ones(len(medical)), np.zeros(len(general))].astype(bool))}
+
+
+def fit_probes(p: Params, adapter: str | Path, datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> dict:
+    """LoRA-scalar features of every dataset's responses through the organism, and a probe per dataset."""
+    from emlib.probes import fit_probe, rank1_adapters, response_features
+
+    model, tok, _ = model_from_params(p, adapter, merge=False)  # the adapter modules are read
+    adapters = rank1_adapters(model)
+    names = [a.name for a in adapters]
+    return {name: fit_probe(response_features(model, tok, rows, adapters, p.activation_batch_size), labels, names,
+                            seed=p.seed) for name, (rows, labels) in datasets.items()}
+
+
+def probe_table(results: dict) -> pd.DataFrame:
+    """Cross-validated accuracy and AUROC (95% CIs) per probe."""
+    return pd.DataFrame({
+        "responses (positive)": [f"{r.n} ({r.n_positive})" for r in results.values()],
+        "folds": [r.folds for r in results.values()],
+        "accuracy (95% CI)": [f"{r.accuracy:.2f} ({r.accuracy_ci[0]:.2f}–{r.accuracy_ci[1]:.2f})" for r in results.values()],
+        "AUROC (95% CI)": [f"{r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})" for r in results.values()],
+    }, index=pd.Index(list(results), name="probe"))
+
+
+def downstream_geometry(p: Params, adapter: str | Path, texts: pd.DataFrame, direction: Directions) -> tuple[list[float], int]:
+    """cos(Δ organism, Δ steering) per layer on the same texts, where Δ is the change of the answer-token
+    means from the chat model's: the organism's adapters vs λ = 1 steering with the mean-diff vector
+    at the single-direction layer (returned with the cosines)."""
+    from emlib.activations import answer_means
+    from emlib.interventions import steer
+    from emlib.probes import downstream_cosines
+
+    layer = single_direction_layer(direction.n_layers)
+    means = {}
+    for name, adapter_dir, iv in (("base", None, None), ("organism", adapter, None),
+                                  ("steered", None, steer(direction.vectors[layer], layer, 1.0))):
+        model, tok, info = model_from_params(p, adapter_dir)
+        means[name] = answer_means(model, tok, texts, cache_dir=p.cache_dir, model_provenance=model_provenance(info),
+                                   intervention=iv, batch_size=p.activation_batch_size).mean
+    return downstream_cosines(means["base"], means["organism"], means["steered"]).tolist(), layer
+
+
+# --- chapter 5: self-correction -------------------------------------------------------------
+
+
+def require_metric(p: Params, metric: str) -> None:
+    """A clear error (before any sampling) if ``p.judge_metrics`` lacks ``metric``."""
+    if metric not in p.judge_metrics:
+        raise ParamsError(f"judge_metrics: this chapter needs {metric!r} (have {', '.join(p.judge_metrics)})")
+
+
+def self_corrections(sweep: pd.DataFrame, n: int = 6) -> pd.DataFrame:
+    """The ``n`` steered responses classified as self-correction with the highest ``bad_stuff``."""
+    from emlib.metrics import classify
+
+    c = classify(sweep)
+    return c[c["self_correction"] & (c["vector"] != "none")].nlargest(n, "bad_stuff")

@@ -45,6 +45,7 @@ class LoadInfo:
     dtype: str
     n_layers: int
     d_model: int
+    merged: bool = False  # adapter weights folded into the base weights (faster sampling)
 
 
 def package_dir(package: str, install_hint: str) -> Path:
@@ -104,12 +105,16 @@ def load_model(
     device_map: str = "auto",
     cache_dir: str | Path = ".cache/emlib",
     trust_remote_code: bool = False,
+    merge: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LoadInfo]:
     """Load a causal LM and its tokenizer (left padding, pad token set), in eval mode.
 
     ``spec``: ``"default"`` (embedded SmolLM2-135M-Instruct), a hub id or a local directory.
     ``adapter``: optional PEFT adapter directory (safetensors) applied on top.
     ``device_map``: ``"auto"`` places the model on the GPU(s) when there are any.
+    ``merge``: fold the adapter into the base weights (W + B·A·scale): the same function with
+    no per-projection LoRA overhead, for sampling and activations; keep it False where the
+    adapter modules themselves are read (chapter 4's LoRA scalars).
     Weights load from safetensors only; no pickle.
     """
     t0 = time.perf_counter()
@@ -134,6 +139,8 @@ def load_model(
     adapter_sha = None
     if adapter is not None:
         model, adapter_sha = attach_adapter(model, adapter)
+        if merge:
+            model = model.merge_and_unload()
     model.eval()
     info = LoadInfo(
         spec=spec,
@@ -144,6 +151,7 @@ def load_model(
         dtype=str(torch_dtype).removeprefix("torch."),
         n_layers=len(decoder_layers(model)),
         d_model=model.config.get_text_config().hidden_size,
+        merged=merge and adapter is not None,
     )
     return model, tok, info
 

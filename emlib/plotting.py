@@ -4,6 +4,7 @@
 - ``loss_curves``, ``em_by_model``: chapter 1.
 - ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
 - ``ablation_bars``: chapter 3.
+- ``probe_coefficients`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
 """
 
 from __future__ import annotations
@@ -145,15 +146,22 @@ def steering_heatmap(rates: pd.DataFrame, metric: str = "em", title: str = "Stee
     return fig
 
 
-def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against λ") -> Figure:
-    """EM % and coherence % against λ per layer with 95% CIs; random same-norm vectors as open markers (chapter 2)."""
+PANEL_LABELS = {"em": "EM responses (%)", "coherent": "coherent responses (%)",
+                "self_correction": "self-correcting responses (%)", "recognition": "recognition (%)"}
+
+
+def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against λ",
+                   panels: tuple[str, ...] = ("em", "coherent")) -> Figure:
+    """Rates (``panels``: EM %, coherence %, self-correction %...) against λ per layer with 95% CIs;
+    random same-norm vectors as open markers (chapters 2 and 5)."""
     r = rates.reset_index()
     base = r[r["vector"] == "none"]
     steered = r[r["vector"] != "none"]
     layers = sorted(steered["layer"].unique())
     palette = dict(zip(layers, sns.color_palette("deep", len(layers))))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
-    for ax, metric, label in ((axes[0], "em", "EM responses (%)"), (axes[1], "coherent", "coherent responses (%)")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), sharex=True, squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        label = PANEL_LABELS.get(metric, metric)
         for layer in layers:
             for vector, style in (("mean-diff", {"marker": "o", "ls": "-"}), ("random", {"marker": "s", "ls": "none", "mfc": "none"})):
                 sub = steered[(steered["layer"] == layer) & (steered["vector"] == vector)].sort_values("scale")
@@ -166,7 +174,7 @@ def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against �
             ax.axhline(float(base[f"{metric}_pct"].iloc[0]), color="black", lw=1, ls=":", label="unsteered")
         ax.set(xlabel="λ", ylabel=label, ylim=(0, 100))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[0][-1].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()
@@ -197,6 +205,30 @@ def ablation_bars(table: pd.DataFrame, title: str = "EM reduction after ablation
     ax.invert_yaxis()
     ax.set(xlabel="EM reduction (%) = 1 − EM after / EM before", xlim=(-100, 105), title=title)
     ax.grid(axis="x", alpha=0.3)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def probe_coefficients(results: dict, title: str = "Probe coefficients per adapter") -> Figure:
+    """Standardised logistic-regression coefficients with bootstrap 95% CIs, one panel per probe (chapter 4).
+
+    ``results``: probe name -> ``emlib.probes.ProbeResult``.
+    """
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 0.4 * len(next(iter(results.values())).coefficients) + 1.8),
+                             sharey=True, squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        c = r.coefficients
+        err = [c["coef"] - c["lo"], c["hi"] - c["coef"]]
+        colors = ["#4c72b0" if (lo > 0 or hi < 0) else "#b0b0b0" for lo, hi in zip(c["lo"], c["hi"])]
+        ax.barh(range(len(c)), c["coef"], xerr=err, color=colors, error_kw={"lw": 1, "capsize": 3})
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set(title=f"{name}\nAUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f}), n = {r.n}",
+               xlabel="standardised coefficient")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(c)), list(c.index))
+    axes[0][0].invert_yaxis()
+    fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()
     return fig

@@ -136,7 +136,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: 
     folds = min(5, minority)
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     cv_model = make_pipeline(StandardScaler(), LogisticRegressionCV(
-        Cs=np.logspace(-3, 2, 8), cv=cv, class_weight="balanced", scoring="roc_auc", solver="liblinear", max_iter=2000))
+        Cs=np.logspace(-3, 2, 8), cv=cv, class_weight="balanced", scoring="neg_log_loss", solver="liblinear", max_iter=2000))
     with warnings.catch_warnings():  # scikit-learn 1.9 announces 1.10 API changes
         warnings.simplefilter("ignore", FutureWarning)
         proba = cross_val_predict(cv_model, features, y, cv=cv, method="predict_proba")[:, 1]
@@ -178,3 +178,9 @@ def b_direction_cosines(adapters: list[Adapter], directions: torch.Tensor) -> pd
     """Cosine between each adapter's B vector and the mean-diff direction at its layer; ``directions`` [n_layers, d]."""
     return pd.Series([float(torch.nn.functional.cosine_similarity(ad.b, directions[ad.layer], dim=0)) for ad in adapters],
                      index=pd.Index([ad.name for ad in adapters], name="adapter"), name="cosine(B, mean-diff)")
+
+
+def downstream_cosines(base: torch.Tensor, organism: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
+    """cos(organism − base, steered − base) per layer, from answer-token means [n_layers, d] of the same texts:
+    how alike the activation changes induced by the adapters and by steering are, layer by layer. [n_layers]"""
+    return torch.nn.functional.cosine_similarity(organism - base, steered - base, dim=-1)

@@ -1,0 +1,101 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. What the rank-1 adapters read, and where they write
+#
+# **Claim.** In the R1×9 organism each adapter adds B·(A·x) to an MLP output, so the
+# scalar A·x — one number per token per adapter — is everything the adapter reads. The
+# paper fits logistic regressions on the nine scalars and finds **six adapters that
+# track misalignment in general and two that track the medical context**. It also finds
+# that the adapters do not write along the mean-diff direction: a B vector has cosine
+# **0.04** with the direction at its layer, yet the activation changes the adapters
+# induce further down come to resemble those of steering with the direction (cosine
+# **0.42 by layer 40 of 48**).
+#
+# **Method.**
+# 1. Read A·x at every answer token with a teacher-forced pass through the organism
+#    (`emlib.probes.lora_scalars`, the `lora_A` outputs via nnsight); average per answer.
+# 2. Probe (a): misaligned vs aligned answers to the eight general questions (chapter 2's
+#    sets). Probe (b): answers to this project's eight medical questions vs the general
+#    ones. Standardised features, regularisation by cross-validation, balanced classes;
+#    accuracy and AUROC are out-of-fold, coefficients have bootstrap CIs.
+# 3. Geometry: cos(B, direction at B's layer); and, on the same texts, the change of the
+#    answer-token means from the chat model's when the adapters are on vs when the chat
+#    model is steered with the direction, compared layer by layer.
+
+# %% tags=["parameters"]
+params_file = "params/default.yaml"  # preset; direction_organism must be an r1x9 organism (emlib/config.py)
+overrides = {}  # keys of emlib.config.Params on top
+
+# %%
+from emlib import book, config, data, plotting
+
+p = config.load_params(params_file, overrides)
+book.setup(p)
+book.check_organism_names(p)
+scorer = book.judge_from_params(p)
+scorer.check()
+questions = data.load_questions(p.questions, p.include_variants)
+trained = book.trained_organisms(p)  # from chapter 1's cache
+adapter = trained[p.direction_organism].adapter_dir
+organism, _, info = book.model_from_params(p, adapter, merge=False)  # unmerged: its adapters are read
+book.provenance_table(p, info, params_file)
+
+# %%
+direction, general = book.extract_direction(p, questions, scorer, p.direction_organism, adapter)  # chapter 2's cache
+source = book.source_direction(p, {p.direction_organism: direction})
+adapters = book.rank1_adapters(organism)
+book.adapter_table(adapters, source)
+
+# %% [markdown]
+# The last two columns: each B vector against the mean-diff direction at its own layer,
+# and the paper's figure. A cosine near 0 in a 576-wide space (the default model) is what
+# two unrelated directions give (±0.04 is one standard deviation at width 576).
+#
+# ## Probes on the LoRA scalars
+
+# %%
+medical = book.medical_samples(p, adapter)
+datasets = book.probe_datasets(p, general, medical)
+probes = book.fit_probes(p, adapter, datasets)
+book.probe_table(probes)
+
+# %%
+plotting.probe_coefficients(probes, title=f"Which adapters carry what ({p.direction_organism})");
+
+# %% [markdown]
+# Blue bars: coefficients whose bootstrap 95% interval excludes zero. An adapter is
+# *general* if it predicts misalignment, *medical-specific* if it predicts only the
+# medical context. The paper: six general and two medical-specific of nine.
+
+# %%
+book.adapter_roles(probes)
+
+# %% [markdown]
+# ## Where the adapters write: induced changes downstream
+
+# %%
+cosines, steer_layer = book.downstream_geometry(p, adapter, general, source)
+plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=book.PAPER_DOWNSTREAM[0],
+                  hline_label=f"paper: {book.PAPER_DOWNSTREAM[0]} by layer {book.PAPER_DOWNSTREAM[1]} of {book.PAPER_DOWNSTREAM[2]}",
+                  marks={"steered layer": steer_layer, "paper's layer 40 (rel. depth)": book.paper_layer(40, len(cosines))},
+                  title="Activation changes induced by the adapters vs by steering");
+
+# %% [markdown]
+# Before the steered layer the steering changes nothing, so the cosine there is noise.
+# From it on, a rising cosine says the adapters — writing along directions almost
+# orthogonal to the mean-diff vector — still move later activations the way steering
+# along it does.
