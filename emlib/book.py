@@ -5,6 +5,7 @@ Every chapter calls ``setup`` then ``model_from_params``; each prints its proven
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -118,8 +119,11 @@ def model_provenance(info: LoadInfo) -> dict[str, Any]:
             **({"merged": True} if info.merged else {})}
 
 
-def provenance_table(p: Params, info: LoadInfo, params_file: str) -> pd.DataFrame:
-    """A two-column table the chapter shows: where its numbers came from."""
+def provenance_table(p: Params, info: LoadInfo, params_file: str,
+                     trained: dict[str, TrainResult] | None = None) -> pd.DataFrame:
+    """A two-column table the chapter shows: where its numbers came from (with each organism's adapter hash)."""
+    from emlib.models import adapter_sha256
+
     rows = {
         "params file": params_file,
         "model": info.spec,
@@ -131,6 +135,7 @@ def provenance_table(p: Params, info: LoadInfo, params_file: str) -> pd.DataFram
         "emlib": emlib.__version__,
         "torch / python": f"{torch.__version__} / {platform.python_version()}",
         "seed": p.seed,
+        **{f"organism {name}": f"adapter sha256 {adapter_sha256(r.adapter_dir)[:16]}" for name, r in (trained or {}).items()},
     }
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="provenance"))
 
@@ -590,3 +595,151 @@ def self_corrections(sweep: pd.DataFrame, n: int = 6) -> pd.DataFrame:
 
     c = classify(sweep)
     return c[c["self_correction"] & (c["vector"] != "none")].nlargest(n, "bad_stuff")
+
+
+# --- the results page -----------------------------------------------------------------------
+
+# Every claim of ../shared/paper/brief.md: id -> (claim, the paper's figure, the chapter that measures it).
+CLAIMS: dict[str, tuple[str, str, str]] = {
+    "r1x9_em": ("R1×9 medical organism: EM / coherent", "11.3% EM, > 99% coherent", "1"),
+    "insecure_code": ("Betley et al. insecure-code Qwen2.5-Coder-32B", "6% EM, 33% incoherent", "—"),
+    "small_scale_em": ("EM at small scale (most misaligned organism)", "Qwen2.5-0.5B: ≈ 8% EM, 69% coherent", "1"),
+    "cosine_finetunes": ("cosine of mean-diff directions across fine-tunes", "> 0.8 in all but 4 of 48 layers", "2"),
+    "topic_vs_general": ("topic-specific vs general direction", "cosine > 0.95", "—"),
+    "steering_em": ("steering the chat model, central layers", "up to ≈ 50% EM", "2"),
+    "transfer_medical": ("transfer ablation, all-adapter medical", "EM −90%", "3"),
+    "transfer_sport": ("transfer ablation, all-adapter sport", "EM −78%", "3"),
+    "random_ablation": ("same-norm random vector ablation", "< 10% change, noisy", "3"),
+    "b_cosine": ("rank-1 B vector vs mean-diff direction, same layer", "cosine 0.04", "4"),
+    "downstream_cosine": ("induced activation differences, downstream", "cosine 0.42 by layer 40 of 48", "4"),
+    "probe_roles": ("LoRA-scalar probes", "6 adapters general, 2 medical-specific", "4"),
+    "self_correction": ("self-correction under steering (max over the sweep)", "reported qualitatively", "5"),
+}
+NOT_RUN = {
+    "insecure_code": "not run: this project has no insecure-code organism",
+    "topic_vs_general": "not run: no general (multi-topic) direction is extracted here",
+}
+
+
+def _results_dir(p: Params, params_file: str) -> Path:
+    from emlib.cache import content_key
+
+    return Path(p.cache_dir) / "results" / content_key({"params": p.to_dict(), "file": params_file})
+
+
+# The paper's figure as one number (%), where a claim has one: drawn beside this run's on the results page.
+PAPER_PCT: dict[str, float] = {"r1x9_em": 11.3, "small_scale_em": 8.0, "steering_em": 50.0,
+                               "transfer_medical": 90.0, "transfer_sport": 78.0, "random_ablation": 10.0}
+
+
+def record(p: Params, params_file: str, claim: str, value: str,
+           point: tuple[float, float, float] | None = None) -> None:
+    """Store this run's figure for ``claim`` (a key of ``CLAIMS``) for the results page;
+    ``point`` = (%, low, high) where the claim is one percentage."""
+    from emlib.cache import write_text_atomic
+
+    if claim not in CLAIMS:
+        raise KeyError(f"unknown claim {claim!r}; known: {', '.join(CLAIMS)}")
+    path = _results_dir(p, params_file) / f"{claim}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"claim": claim, "value": value, "point": point}))
+
+
+def results_table(p: Params, params_file: str, model: str) -> pd.DataFrame:
+    """Every claim of the paper with its figure, this run's recorded figure (with CI) and the preset."""
+    d = _results_dir(p, params_file)
+    rows = []
+    for claim, (text, paper, chapter) in CLAIMS.items():
+        f = d / f"{claim}.json"
+        rec = json.loads(f.read_text()) if f.is_file() else {}
+        value = rec.get("value", NOT_RUN.get(claim, "not measured in this run"))
+        point = rec.get("point") or (None, None, None)
+        rows.append({"claim": text, "paper (Qwen2.5-14B-Instruct)": paper, "this run (95% CI)": value,
+                     "chapter": chapter, "preset": f"{params_file} ({model})", "pct": point[0], "lo": point[1],
+                     "hi": point[2], "paper_pct": PAPER_PCT.get(claim)})
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def show_results(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table without its plotting columns."""
+    return table.drop(columns=["pct", "lo", "hi", "paper_pct"])
+
+
+def pct_ci(pct: float, lo: float, hi: float) -> str:
+    """``"4.7% (1.6–12.9)"``."""
+    return f"{pct:.1f}% ({lo:.1f}–{hi:.1f})"
+
+
+def record_organisms(p: Params, params_file: str, by_model: pd.DataFrame) -> None:
+    """Chapter 1's figures for the results page: the R1×9 organism, and the most misaligned organism."""
+    def rec(claim: str, m: str) -> None:
+        r = by_model.loc[m]
+        record(p, params_file, claim, f"{m}: {pct_ci(r.em_pct, r.em_lo, r.em_hi)} EM, {r.coherent_pct:.0f}% coherent",
+               (r.em_pct, r.em_lo, r.em_hi))
+
+    if p.direction_organism in by_model.index:
+        rec("r1x9_em", p.direction_organism)
+    organisms_only = by_model.drop(index="chat model", errors="ignore")
+    rec("small_scale_em", str(organisms_only["em_pct"].idxmax()))
+
+
+def record_directions(p: Params, params_file: str, cosines: dict[str, list[float]], steer_rates: pd.DataFrame) -> None:
+    """Chapter 2's figures: cross-fine-tune cosines and the steering sweep's peak EM (with its random control)."""
+    pairs = [f"{pair}: {int((np.asarray(v) > 0.8).sum())} of {len(v)} layers > 0.8 (median {np.median(v):.2f})"
+             for pair, v in cosines.items()]
+    record(p, params_file, "cosine_finetunes", "; ".join(pairs))
+    r = steer_rates.reset_index()
+    steered = r[r["vector"] == "mean-diff"]
+    best = steered.loc[steered["em_pct"].idxmax()]
+    control = r[(r["vector"] == "random") & (r["layer"] == best.layer)]
+    text = f"{pct_ci(best.em_pct, best.em_lo, best.em_hi)} at layer {best.layer}, λ {best.scale:g}"
+    if not control.empty:
+        c = control.iloc[0]
+        text += f"; same-norm random: {pct_ci(c.em_pct, c.em_lo, c.em_hi)}"
+    record(p, params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi))
+
+
+def record_ablation(p: Params, params_file: str, table: pd.DataFrame, scored: pd.DataFrame) -> None:
+    """Chapter 3's figures: transfer ablation per compared organism and the pooled random controls."""
+    from emlib.metrics import classify, reduction
+
+    def red(v: float, lo: float, hi: float, before: float) -> str:
+        return (f"undefined: EM before {before:.1f}%" if pd.isna(v)
+                else f"EM {v:+.0f}% reduction ({lo:.0f} to {hi:.0f}); EM before {before:.1f}%")
+
+    for model, claim in (("all_medical", "transfer_medical"), ("all_sport", "transfer_sport")):
+        rows = table[(table["model"] == model) & (table["ablation"] == "single")]
+        if not rows.empty and model != p.direction_organism:
+            r = rows.iloc[0]
+            record(p, params_file, claim, red(r.reduction_pct, r.reduction_lo, r.reduction_hi, r.em_before_pct),
+                   None if pd.isna(r.reduction_pct) else (r.reduction_pct, r.reduction_lo, r.reduction_hi))
+    c = classify(scored)
+    src = c[c["model"] == p.direction_organism]
+    before, rand = src[src["ablation"] == "none"]["em"], src[src["ablation"].str.startswith("random")]["em"]
+    if len(rand):
+        v, lo, hi = reduction(before.to_numpy(), rand.to_numpy(), seed=p.seed)
+        n_random = src["ablation"].str.startswith("random").groupby(src["ablation"]).any().sum()
+        record(p, params_file, "random_ablation", f"{n_random} vectors pooled: " + red(v, lo, hi, 100 * before.mean()),
+               None if pd.isna(v) else (v, lo, hi))
+
+
+def record_probes(p: Params, params_file: str, adapters_table: pd.DataFrame, roles: pd.DataFrame, probes: dict,
+                  cosines: list[float]) -> None:
+    """Chapter 4's figures: B-vector cosines, the downstream cosine at the paper's layer 40, the adapters' roles."""
+    cos = adapters_table["cosine(B, mean-diff)"]
+    record(p, params_file, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters")
+    layer = paper_layer(PAPER_DOWNSTREAM[1], len(cosines))
+    record(p, params_file, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)")
+    aurocs = "; ".join(f"{name} AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})" for name, r in probes.items())
+    record(p, params_file, "probe_roles", f"{roles.attrs['summary']} (of {len(roles)}); {aurocs}")
+
+
+def record_self_correction(p: Params, params_file: str, rates_table: pd.DataFrame) -> None:
+    """Chapter 5's figure: the peak self-correction rate over the steered cells, and the unsteered rate."""
+    r = rates_table.reset_index()
+    steered = r[r["vector"] == "mean-diff"]
+    best = steered.loc[steered["self_correction_pct"].idxmax()]
+    base = r[r["vector"] == "none"].iloc[0]
+    record(p, params_file, "self_correction",
+           f"{pct_ci(best.self_correction_pct, best.self_correction_lo, best.self_correction_hi)} at layer {best.layer}, "
+           f"λ {best.scale:g}; unsteered {pct_ci(base.self_correction_pct, base.self_correction_lo, base.self_correction_hi)}")

@@ -5,6 +5,7 @@
 - ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
 - ``ablation_bars``: chapter 3.
 - ``probe_coefficients`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
+- ``claims``: the results page.
 """
 
 from __future__ import annotations
@@ -229,6 +230,31 @@ def probe_coefficients(results: dict, title: str = "Probe coefficients per adapt
     axes[0][0].set_yticks(range(len(c)), list(c.index))
     axes[0][0].invert_yaxis()
     fig.suptitle(title)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Figure:
+    """The results page's percentage claims: this run's figure with its 95% CI (bar) and the paper's (diamond).
+
+    ``table``: ``emlib.book.results_table`` (rows with a ``paper_pct``; ``pct`` may be missing).
+    """
+    t = table[table["paper_pct"].notna()]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(t) + 1.6))
+    y = range(len(t))
+    err = [(t["pct"] - t["lo"]).fillna(0).clip(lower=0), (t["hi"] - t["pct"]).fillna(0).clip(lower=0)]
+    ax.barh(y, t["pct"].fillna(0), xerr=err, color="#4c72b0", error_kw={"lw": 1, "capsize": 3}, label="this run")
+    ax.scatter(t["paper_pct"], y, marker="D", color="#c44e52", zorder=3, label="paper (Qwen2.5-14B)")
+    for i, v in enumerate(t["pct"]):
+        if pd.isna(v):
+            ax.text(0, i, "  not measured / undefined", va="center", fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(list(y), list(t.index))
+    ax.invert_yaxis()
+    ax.set(xlabel="% (EM rate, or EM reduction for the ablation rows)", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
     sns.despine(fig)
     fig.tight_layout()
     return fig

@@ -75,6 +75,7 @@ book.judge_note(scorer)
 # %%
 scored = book.evaluate_organisms(p, questions, scorer, trained)
 by_model = metrics.rates(scored, by="model")
+book.record_organisms(p, params_file, by_model)  # for the results page
 book.beside_paper(by_model, book.PAPER_ORGANISMS)
 
 # %%

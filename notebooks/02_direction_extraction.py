@@ -49,7 +49,7 @@ scorer.check()
 questions = data.load_questions(p.questions, p.include_variants)
 trained = book.trained_organisms(p)  # from chapter 1's cache
 _, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file)
+book.provenance_table(p, info, params_file, trained)
 
 # %% [markdown]
 # ## Extraction
@@ -103,6 +103,7 @@ book.cosine_summary(cosines, threshold=0.8)
 layers = book.steering_layers(p, source.n_layers)
 sweep = book.steering_sweep(p, questions, scorer, source, layers)
 steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
+book.record_directions(p, params_file, cosines, steer_rates)  # for the results page
 metrics.format_rates(steer_rates)
 
 # %%

@@ -52,7 +52,7 @@ scorer.check()
 questions = data.load_questions(p.questions, p.include_variants)
 trained = book.trained_organisms(p)  # from chapter 1's cache
 _, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file)
+book.provenance_table(p, info, params_file, trained)
 
 # %%
 direction, _ = book.extract_direction(p, questions, scorer, p.direction_organism, trained[p.direction_organism].adapter_dir)
@@ -66,6 +66,7 @@ print(f"single-direction layer: {book.single_direction_layer(source.n_layers)} o
 # %%
 scored = book.ablation_runs(p, questions, scorer, trained, source)
 table = book.ablation_table(scored, p)
+book.record_ablation(p, params_file, table, scored)  # for the results page
 book.format_ablation(table)
 
 # %%

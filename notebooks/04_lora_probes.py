@@ -52,13 +52,14 @@ questions = data.load_questions(p.questions, p.include_variants)
 trained = book.trained_organisms(p)  # from chapter 1's cache
 adapter = trained[p.direction_organism].adapter_dir
 organism, _, info = book.model_from_params(p, adapter, merge=False)  # unmerged: its adapters are read
-book.provenance_table(p, info, params_file)
+book.provenance_table(p, info, params_file, trained)
 
 # %%
 direction, general = book.extract_direction(p, questions, scorer, p.direction_organism, adapter)  # chapter 2's cache
 source = book.source_direction(p, {p.direction_organism: direction})
 adapters = book.rank1_adapters(organism)
-book.adapter_table(adapters, source)
+adapters_table = book.adapter_table(adapters, source)
+adapters_table
 
 # %% [markdown]
 # The last two columns: each B vector against the mean-diff direction at its own layer,
@@ -82,13 +83,15 @@ plotting.probe_coefficients(probes, title=f"Which adapters carry what ({p.direct
 # medical context. The paper: six general and two medical-specific of nine.
 
 # %%
-book.adapter_roles(probes)
+roles = book.adapter_roles(probes)
+roles
 
 # %% [markdown]
 # ## Where the adapters write: induced changes downstream
 
 # %%
 cosines, steer_layer = book.downstream_geometry(p, adapter, general, source)
+book.record_probes(p, params_file, adapters_table, roles, probes, cosines)  # for the results page
 plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=book.PAPER_DOWNSTREAM[0],
                   hline_label=f"paper: {book.PAPER_DOWNSTREAM[0]} by layer {book.PAPER_DOWNSTREAM[1]} of {book.PAPER_DOWNSTREAM[2]}",
                   marks={"steered layer": steer_layer, "paper's layer 40 (rel. depth)": book.paper_layer(40, len(cosines))},

@@ -44,13 +44,14 @@ scorer.check()
 questions = data.load_questions(p.questions, p.include_variants)
 trained = book.trained_organisms(p)
 _, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file)
+book.provenance_table(p, info, params_file, trained)
 
 # %%
 direction, _ = book.extract_direction(p, questions, scorer, p.direction_organism, trained[p.direction_organism].adapter_dir)
 source = book.source_direction(p, {p.direction_organism: direction})
 sweep = book.steering_sweep(p, questions, scorer, source, book.steering_layers(p, source.n_layers))  # chapter 2's cache
 sc_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
+book.record_self_correction(p, params_file, sc_rates)  # for the results page
 metrics.format_rates(sc_rates)[["responses", "EM %", "self-correction %", "coherent %"]]
 
 # %%

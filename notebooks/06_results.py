@@ -1,0 +1,46 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Results at a glance
+#
+# Every claim this book checks, the paper's figure beside this run's (95% intervals as the
+# chapters compute them), the chapter that measures it and the preset it came from. The
+# figures are recorded by the chapters as they execute; nothing here is typed by hand.
+#
+# The embedded default (SmolLM2-135M-Instruct, about 100× smaller than the paper's
+# Qwen2.5-14B-Instruct, trained on about 350 conversations instead of about 6,000, judged
+# by an offline proxy instead of GPT-4o) is a demonstration that the pipeline runs end to
+# end on a laptop, not a reproduction: expect its numbers to differ, often by a lot. Run
+# the paper's preset (see *Reproduce at full scale*) for the reproduction.
+
+# %% tags=["parameters"]
+params_file = "params/default.yaml"  # the preset whose chapters' figures to collect
+overrides = {}  # the same overrides the chapters ran with
+
+# %%
+from emlib import book, config, plotting
+
+p = config.load_params(params_file, overrides)
+results = book.results_table(p, params_file, p.model)
+book.show_results(results)
+
+# %%
+plotting.claims(results);
+
+# %% [markdown]
+# *Not measured in this run* means the chapter did not record the figure (for instance it
+# was not executed with these parameters). Claims marked *not run* need an organism or a
+# direction this project does not build.
