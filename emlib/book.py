@@ -11,7 +11,7 @@ import os
 import platform
 import random
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,49 @@ def most_misaligned(scored: pd.DataFrame, model: str, n: int = 6) -> pd.DataFram
 def trained_organisms(p: Params) -> dict[str, TrainResult]:
     """Every organism of ``p`` (from the cache chapter 1 filled; trained here if missing). Chapters 2–5."""
     return {o.name: train_organism(p, o) for o in organisms_from_params(p)}
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """What chapters 2–5 start from: params, judge, questions, trained organisms, the base model's load info."""
+
+    p: Params
+    params_file: str
+    scorer: Judge
+    questions: list
+    trained: dict[str, TrainResult]
+    info: LoadInfo
+
+
+def open_chapter(params_file: str, overrides: dict[str, Any], needs_metric: str | None = None) -> Chapter:
+    """Load and check the params, judge and questions (bad input fails here, before long work), then the
+    organisms from chapter 1's cache. Chapters 2–5."""
+    from emlib.config import load_params
+    from emlib.data import load_questions
+
+    p = load_params(params_file, overrides)
+    setup(p)
+    check_organism_names(p)
+    if needs_metric:
+        require_metric(p, needs_metric)
+    scorer = judge_from_params(p)
+    scorer.check()
+    questions = load_questions(p.questions, p.include_variants)
+    trained = trained_organisms(p)
+    _, _, info = model_from_params(p)
+    return Chapter(p, params_file, scorer, questions, trained, info)
+
+
+def chapter_provenance(ch: Chapter) -> pd.DataFrame:
+    """``provenance_table`` of the chapter's base model, with every organism's adapter hash."""
+    return provenance_table(ch.p, ch.info, ch.params_file, ch.trained)
+
+
+def source_of(ch: Chapter) -> tuple[Directions, pd.DataFrame]:
+    """The direction of ``direction_organism`` and its judged answers (chapter 2's cache). Chapters 3–5."""
+    name = ch.p.direction_organism
+    d, scored = extract_direction(ch.p, ch.questions, ch.scorer, name, ch.trained[name].adapter_dir)
+    return source_direction(ch.p, {name: d}), scored
 
 
 def check_organism_names(p: Params) -> None:

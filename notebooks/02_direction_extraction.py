@@ -39,17 +39,11 @@ params_file = "params/default.yaml"  # preset; the direction_* and steer_* keys 
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"steer_scales": [2, 4, 8]}
 
 # %%
-from emlib import book, config, data, directions, metrics, plotting
+from emlib import book, directions, metrics, plotting
 
-p = config.load_params(params_file, overrides)
-book.setup(p)
-book.check_organism_names(p)
-scorer = book.judge_from_params(p)
-scorer.check()
-questions = data.load_questions(p.questions, p.include_variants)
-trained = book.trained_organisms(p)  # from chapter 1's cache
-_, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file, trained)
+ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
+p, scorer, questions, trained = ch.p, ch.scorer, ch.questions, ch.trained
+book.chapter_provenance(ch)
 
 # %% [markdown]
 # ## Extraction
@@ -107,7 +101,7 @@ book.record_directions(p, params_file, cosines, steer_rates)  # for the results 
 metrics.format_rates(steer_rates)
 
 # %%
-plotting.steering_heatmap(steer_rates, title=f"EM % when steering {info.spec}");
+plotting.steering_heatmap(steer_rates, title=f"EM % when steering {ch.info.spec}");
 
 # %%
 plotting.steering_lines(steer_rates, title="Steering: mean-diff direction vs a same-norm random vector");

@@ -42,21 +42,14 @@ params_file = "params/default.yaml"  # preset; direction_organism, compare_organ
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"random_controls": 10}
 
 # %%
-from emlib import book, config, data, metrics, plotting
+from emlib import book, metrics, plotting
 
-p = config.load_params(params_file, overrides)
-book.setup(p)
-book.check_organism_names(p)
-scorer = book.judge_from_params(p)
-scorer.check()
-questions = data.load_questions(p.questions, p.include_variants)
-trained = book.trained_organisms(p)  # from chapter 1's cache
-_, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file, trained)
+ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
+p, scorer, questions, trained = ch.p, ch.scorer, ch.questions, ch.trained
+book.chapter_provenance(ch)
 
 # %%
-direction, _ = book.extract_direction(p, questions, scorer, p.direction_organism, trained[p.direction_organism].adapter_dir)
-source = book.source_direction(p, {p.direction_organism: direction})  # from chapter 2's cache
+source, _ = book.source_of(ch)  # from chapter 2's cache
 print(f"single-direction layer: {book.single_direction_layer(source.n_layers)} of {source.n_layers}; "
       f"direction from {source.provenance['n_misaligned']} misaligned vs {source.provenance['n_aligned']} aligned answers")
 

@@ -41,22 +41,16 @@ params_file = "params/default.yaml"  # preset; direction_organism must be an r1x
 overrides = {}  # keys of emlib.config.Params on top
 
 # %%
-from emlib import book, config, data, plotting
+from emlib import book, plotting
 
-p = config.load_params(params_file, overrides)
-book.setup(p)
-book.check_organism_names(p)
-scorer = book.judge_from_params(p)
-scorer.check()
-questions = data.load_questions(p.questions, p.include_variants)
-trained = book.trained_organisms(p)  # from chapter 1's cache
+ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
+p, trained = ch.p, ch.trained
 adapter = trained[p.direction_organism].adapter_dir
 organism, _, info = book.model_from_params(p, adapter, merge=False)  # unmerged: its adapters are read
 book.provenance_table(p, info, params_file, trained)
 
 # %%
-direction, general = book.extract_direction(p, questions, scorer, p.direction_organism, adapter)  # chapter 2's cache
-source = book.source_direction(p, {p.direction_organism: direction})
+source, general = book.source_of(ch)  # the direction and the judged answers, from chapter 2's cache
 adapters = book.rank1_adapters(organism)
 adapters_table = book.adapter_table(adapters, source)
 adapters_table

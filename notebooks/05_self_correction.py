@@ -33,22 +33,14 @@ params_file = "params/default.yaml"  # preset; the steer_* keys (shared with cha
 overrides = {}  # keys of emlib.config.Params on top
 
 # %%
-from emlib import book, config, data, metrics, plotting
+from emlib import book, metrics, plotting
 
-p = config.load_params(params_file, overrides)
-book.setup(p)
-book.check_organism_names(p)
-book.require_metric(p, "bad_stuff")
-scorer = book.judge_from_params(p)
-scorer.check()
-questions = data.load_questions(p.questions, p.include_variants)
-trained = book.trained_organisms(p)
-_, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file, trained)
+ch = book.open_chapter(params_file, overrides, needs_metric="bad_stuff")
+p, scorer, questions = ch.p, ch.scorer, ch.questions
+book.chapter_provenance(ch)
 
 # %%
-direction, _ = book.extract_direction(p, questions, scorer, p.direction_organism, trained[p.direction_organism].adapter_dir)
-source = book.source_direction(p, {p.direction_organism: direction})
+source, _ = book.source_of(ch)
 sweep = book.steering_sweep(p, questions, scorer, source, book.steering_layers(p, source.n_layers))  # chapter 2's cache
 sc_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
 book.record_self_correction(p, params_file, sc_rates)  # for the results page

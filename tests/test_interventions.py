@@ -134,3 +134,14 @@ def test_identity_names_vectors_and_layers():
     assert a.identity() != b.identity() and a.identity() == steer(_vector(seed=1), 2, 4.0).identity()
     assert Intervention().layers == []
     assert run(torch.nn.Linear(2, 2), None, lambda: 7) == 7
+
+
+def test_run_steers_hf_generate_too(tiny_lm):
+    """``run`` wraps any function: transformers' own generate is steered at every step as well."""
+    ids = _ids(batch=2, seq=4)
+    iv = steer(_vector(), layer=1, scale=6.0)
+    gen = lambda: tiny_lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,  # noqa: E731
+                                   do_sample=False, pad_token_id=0)
+    with hooked(tiny_lm, iv):
+        reference = gen()
+    assert torch.equal(run(tiny_lm, iv, gen), reference) and not torch.equal(gen(), reference)
