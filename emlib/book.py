@@ -561,6 +561,13 @@ def adapter_table(adapters: list, direction: Directions) -> pd.DataFrame:
                          "paper": PAPER_B_COSINE}, index=cos.index)
 
 
+def b_cosines(adapters_table: pd.DataFrame, direction: Directions) -> pd.Series:
+    """The B-vector cosines of ``adapter_table``, with the residual width for the random-direction band."""
+    cos = adapters_table["cosine(B, mean-diff)"].copy()
+    cos.attrs["width"] = direction.width
+    return cos
+
+
 def medical_samples(p: Params, adapter: str | Path) -> pd.DataFrame:
     """The organism's answers to this project's medical questions (sampled, not judged). Chapter 4."""
     from emlib.data import BUILTIN_MEDICAL_QUESTIONS, load_questions

@@ -207,9 +207,12 @@ def sample_responses(
 
     ``model_provenance`` identifies the model (spec, adapter hash, dtype and anything that
     changes its outputs); with the questions, ``config`` and ``intervention`` (steering or
-    ablation applied at every step, see ``emlib.interventions``) it forms the cache key. Columns: ``COLUMNS``. Provenance is stored in the parquet metadata
-    (read it with ``read_samples``). Resumes from finished batches after an interruption.
+    ablation applied at every decoding step, see ``emlib.interventions``) it forms the cache
+    key. Columns: ``COLUMNS``. Provenance is stored in the parquet metadata (read it with
+    ``read_samples``). Resumes from finished batches after an interruption.
     """
+    if intervention is not None:
+        intervention.check(model)  # a bad layer or width fails before any sampling
     jobs = make_jobs(questions, config.samples_per_question)
     key = {
         "model": model_provenance,

@@ -79,7 +79,8 @@ class Intervention:
         """The edited residual stream at ``layer``: ``h`` [batch, seq, d_model] -> same shape."""
         if layer in self.ablate:
             u = self.ablate[layer].to(h.device, h.dtype)
-            h = h - (h @ u)[..., None] * u
+            flat = h.reshape(-1, h.shape[-1])
+            h = torch.addr(flat, flat @ u, u, alpha=-1).view(h.shape)  # h − (h·u) uᵀ, one fused update
         if layer in self.add:
             h = h + self.add[layer].to(h.device, h.dtype)
         return h

@@ -4,7 +4,7 @@
 - ``loss_curves``, ``em_by_model``: chapter 1.
 - ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
 - ``ablation_bars``: chapter 3.
-- ``probe_coefficients`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
+- ``probe_coefficients``, ``adapter_cosines`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
 - ``claims``: the results page.
 """
 
@@ -255,6 +255,26 @@ def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Fig
     ax.set(xlabel="% (EM rate, or EM reduction for the ablation rows)", title=title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def adapter_cosines(cosines: pd.Series, paper: float, title: str = "B vectors vs the mean-diff direction") -> Figure:
+    """cos(B, mean-diff direction at the adapter's layer) per rank-1 adapter, the paper's figure as a line, and the
+    ±1/√d band two random directions fall in (chapter 4). ``cosines``: index adapter name, values cosines;
+    ``attrs["width"]`` (d_model) draws the band."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(cosines) + 1.6))
+    ax.barh(range(len(cosines)), cosines.values, color="#4c72b0", label="this run")
+    width = cosines.attrs.get("width")
+    if width:
+        ax.axvspan(-width ** -0.5, width ** -0.5, color="grey", alpha=0.2, label="±1/√d (random directions)")
+    ax.axvline(paper, color="#c44e52", ls="--", lw=1, label=f"paper: {paper:g}")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(cosines)), list(cosines.index))
+    ax.invert_yaxis()
+    ax.set(xlabel="cosine similarity", xlim=(-1, 1), title=title)
+    ax.legend(fontsize=8, loc="lower right")
     sns.despine(fig)
     fig.tight_layout()
     return fig

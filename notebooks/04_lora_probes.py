@@ -55,10 +55,13 @@ adapters = book.rank1_adapters(organism)
 adapters_table = book.adapter_table(adapters, source)
 adapters_table
 
+# %%
+plotting.adapter_cosines(book.b_cosines(adapters_table, source), paper=book.PAPER_B_COSINE);
+
 # %% [markdown]
-# The last two columns: each B vector against the mean-diff direction at its own layer,
-# and the paper's figure. A cosine near 0 in a 576-wide space (the default model) is what
-# two unrelated directions give (±0.04 is one standard deviation at width 576).
+# Each B vector against the mean-diff direction at its own layer, beside the paper's
+# figure. A cosine near 0 is what two unrelated directions give: the grey band is one
+# standard deviation of the cosine of two random directions, 1/√d_model.
 #
 # ## Probes on the LoRA scalars
 
