@@ -5,7 +5,7 @@ num_return_sequences=n)`` once per question. emlib decodes all (question x sampl
 pairs in large batches and drops finished rows. Both sample with the same settings;
 throughput counts response tokens (up to EOS) per second of wall time.
 
-    python bench/bench_generate.py --samples 16 --max-new-tokens 128 --batch-size 128
+    python bench/bench_generate.py --samples 16 --max-new-tokens 128 --batch-size 128 [--temperature 0.7 --top-p 0.9]
 
 Prints a JSON line; results go in bench/RESULTS.md.
 """
@@ -24,7 +24,8 @@ from emlib.generate import eos_ids, prompt_ids, sample_batch
 from emlib.models import load_model
 
 
-def paper_way(model, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, eos, pad_id: int) -> int:
+def paper_way(model, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float, eos,
+              pad_id: int) -> int:
     """One ``generate`` call per question with ``num_return_sequences=n``; returns response tokens."""
     total = 0
     device = next(model.parameters()).device
@@ -36,7 +37,7 @@ def paper_way(model, prompts: list[list[int]], n: int, max_new_tokens: int, temp
             max_new_tokens=max_new_tokens,
             do_sample=True,
             temperature=temperature,
-            top_p=1.0,
+            top_p=top_p,
             num_return_sequences=n,
             pad_token_id=pad_id,
             use_cache=True,
@@ -46,7 +47,8 @@ def paper_way(model, prompts: list[list[int]], n: int, max_new_tokens: int, temp
     return total
 
 
-def emlib_way(model, prompts, n: int, max_new_tokens: int, temperature: float, eos, pad_id: int, batch_size: int) -> int:
+def emlib_way(model, prompts, n: int, max_new_tokens: int, temperature: float, top_p: float, eos, pad_id: int,
+              batch_size: int) -> int:
     """All (question x sample) prompts decoded in batches of ``batch_size``; returns response tokens."""
     prompts = [p for p in prompts for _ in range(n)]
     device = next(model.parameters()).device
@@ -57,7 +59,7 @@ def emlib_way(model, prompts, n: int, max_new_tokens: int, temperature: float, e
             prompts[b : b + batch_size],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
-            top_p=1.0,
+            top_p=top_p,
             eos=eos,
             pad_id=pad_id,
             generator=torch.Generator(device=device).manual_seed(b),
@@ -85,6 +87,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--model", default="default")
@@ -105,15 +108,15 @@ def main() -> None:
         prompts = [prompt_ids(tok, q.paraphrases[0]) for q in questions]
         eos, pad_id = eos_ids(tok, model), tok.pad_token_id
     torch.manual_seed(0)
-    paper_way(model, prompts[:1], 2, 8, args.temperature, eos, pad_id)  # warm-up
+    paper_way(model, prompts[:1], 2, 8, args.temperature, args.top_p, eos, pad_id)  # warm-up
     rows = []
     for rep in range(args.repeats):
         for name, fn in [
-            ("paper", lambda: paper_way(model, prompts, args.samples, args.max_new_tokens, args.temperature, eos, pad_id)),
+            ("paper", lambda: paper_way(model, prompts, args.samples, args.max_new_tokens, args.temperature, args.top_p, eos, pad_id)),
             (
                 "emlib",
                 lambda: emlib_way(
-                    model, prompts, args.samples, args.max_new_tokens, args.temperature, eos, pad_id, args.batch_size
+                    model, prompts, args.samples, args.max_new_tokens, args.temperature, args.top_p, eos, pad_id, args.batch_size
                 ),
             ),
         ]:
@@ -132,6 +135,8 @@ def main() -> None:
         "questions": len(questions),
         "samples_per_question": args.samples,
         "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
         "batch_size": args.batch_size,
         "paper_tok_s": round(paper, 1),
         "emlib_tok_s": round(ours, 1),

@@ -361,6 +361,24 @@ def extract_direction(p: Params, questions: list, scorer: Judge, name: str,
     return d, scored
 
 
+def topic_direction(ch: Chapter) -> tuple[Directions | None, pd.DataFrame]:
+    """The direction organism's mean-diff direction from its answers to this project's medical questions
+    (its training topic; None if a set is empty), with those judged answers. Chapter 2 compares it with
+    the general direction; chapter 4 uses the answers as the medical context."""
+    from emlib.data import BUILTIN_MEDICAL_QUESTIONS, load_questions
+
+    name = ch.p.direction_organism
+    return extract_direction(ch.p, load_questions(BUILTIN_MEDICAL_QUESTIONS), ch.scorer, name,
+                             ch.trained[name].adapter_dir)
+
+
+def topic_cosines(general: Directions, topic: Directions | None) -> dict[str, list[float]]:
+    """cos(general, topic-specific direction) per layer, keyed for ``plotting.by_layer`` ({} without a topic direction)."""
+    from emlib.directions import cosine_by_layer
+
+    return {} if topic is None else {"general vs medical-question direction": cosine_by_layer(general, topic).tolist()}
+
+
 def direction_table(directions: dict[str, Directions | None], scored: dict[str, pd.DataFrame], p: Params) -> pd.DataFrame:
     """Per organism: responses sampled, the two sets' sizes and answer tokens, and the direction's peak norm."""
     from emlib.directions import response_sets
@@ -568,17 +586,6 @@ def b_cosines(adapters_table: pd.DataFrame, direction: Directions) -> pd.Series:
     return cos
 
 
-def medical_samples(p: Params, adapter: str | Path) -> pd.DataFrame:
-    """The organism's answers to this project's medical questions (sampled, not judged). Chapter 4."""
-    from emlib.data import BUILTIN_MEDICAL_QUESTIONS, load_questions
-    from emlib.generate import sample_responses
-
-    model, tok, info = model_from_params(p, adapter)
-    return sample_responses(model, tok, load_questions(BUILTIN_MEDICAL_QUESTIONS),
-                            intervention_sampling(p, p.samples_per_question), cache_dir=p.cache_dir,
-                            model_provenance=model_provenance(info))
-
-
 def probe_datasets(p: Params, general: pd.DataFrame, medical: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
     """The two probes' rows and labels: misaligned (1) vs aligned (0) among the judged general answers,
     and medical (1) vs general (0) context."""
@@ -655,7 +662,7 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
     "insecure_code": ("Betley et al. insecure-code Qwen2.5-Coder-32B", "6% EM, 33% incoherent", "—"),
     "small_scale_em": ("EM at small scale (most misaligned organism)", "Qwen2.5-0.5B: ≈ 8% EM, 69% coherent", "1"),
     "cosine_finetunes": ("cosine of mean-diff directions across fine-tunes", "> 0.8 in all but 4 of 48 layers", "2"),
-    "topic_vs_general": ("topic-specific vs general direction", "cosine > 0.95", "—"),
+    "topic_vs_general": ("topic-specific (medical questions) vs general direction", "cosine > 0.95", "2"),
     "steering_em": ("steering the chat model, central layers", "up to ≈ 50% EM", "2"),
     "transfer_medical": ("transfer ablation, all-adapter medical", "EM −90%", "3"),
     "transfer_sport": ("transfer ablation, all-adapter sport", "EM −78%", "3"),
@@ -667,7 +674,6 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
 }
 NOT_RUN = {
     "insecure_code": "not run: this project has no insecure-code organism",
-    "topic_vs_general": "not run: no general (multi-topic) direction is extracted here",
 }
 
 
@@ -747,6 +753,16 @@ def record_directions(p: Params, params_file: str, cosines: dict[str, list[float
         c = control.iloc[0]
         text += f"; same-norm random: {pct_ci(c.em_pct, c.em_lo, c.em_hi)}"
     record(p, params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi))
+
+
+def record_topic(p: Params, params_file: str, cosines: dict[str, list[float]], threshold: float = 0.95) -> None:
+    """Chapter 2's topic-specific vs general figure: layers above ``threshold`` and the median cosine."""
+    if not cosines:
+        record(p, params_file, "topic_vs_general", "not measured: a set of medical-question answers was empty")
+        return
+    v = np.asarray(next(iter(cosines.values())))
+    record(p, params_file, "topic_vs_general", f"{int((v > threshold).sum())} of {len(v)} layers > {threshold:g} "
+           f"(median {np.median(v):.2f}, min {v.min():.2f})")
 
 
 def record_ablation(p: Params, params_file: str, table: pd.DataFrame, scored: pd.DataFrame) -> None:

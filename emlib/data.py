@@ -19,7 +19,7 @@ import itertools
 import json
 import re
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -139,11 +139,13 @@ _VARIANT = re.compile(r"_(json|template)$")
 def load_questions(path: str | Path = BUILTIN_QUESTIONS, include_variants: bool = False) -> list[Question]:
     """Read evaluation questions (a YAML list in the paper's schema; anchors allowed).
 
-    ``"builtin"`` is this project's eight questions; ``"builtin-medical"`` its eight medical ones (chapter 4). Questions whose id ends in ``_json``
+    ``"builtin"`` is this project's eight questions; ``"builtin-medical"`` its eight medical ones
+    (chapters 2 and 4), judged with the eight's judge prompts. Questions whose id ends in ``_json``
     or ``_template`` (the paper's format variants) are skipped unless ``include_variants``.
     Raises ``DataError`` naming the file and the line of the offending entry.
     """
     builtin = {BUILTIN_QUESTIONS: "eval_questions.yaml", BUILTIN_MEDICAL_QUESTIONS: "medical_questions.yaml"}
+    medical = str(path) == BUILTIN_MEDICAL_QUESTIONS
     path = package_file(builtin[str(path)]) if str(path) in builtin else Path(path)
     if not path.is_file():
         raise DataError(path, None, "no such question file")
@@ -167,6 +169,9 @@ def load_questions(path: str | Path = BUILTIN_QUESTIONS, include_variants: bool 
             out.append(q)
     if not out:
         raise DataError(path, None, "no questions")
+    if medical:
+        prompts = load_questions(BUILTIN_QUESTIONS)[0].judge_prompts  # the project's prompts, shared by all
+        out = [replace(q, judge_prompts=dict(prompts)) for q in out]
     return out
 
 

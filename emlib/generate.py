@@ -91,22 +91,50 @@ def eos_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> list[int]:
     return sorted(ids)
 
 
+NUCLEUS_CANDIDATES = 256  # top-p looks for the nucleus among this many most likely tokens first
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``probs`` [rows, n] (non-negative, unnormalised) by inverse CDF: [rows].
+
+    The same distribution as ``torch.multinomial(probs, 1)``, at a fraction of its cost on
+    CPU for a 50k vocabulary (one cumsum and a binary search per row).
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def _nucleus(probs: torch.Tensor, idx: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Nucleus sampling given each row's most likely tokens ``idx`` and their probabilities ``probs``
+    [rows, k], descending; the kept prefix must reach ``top_p`` within the k. Returns [rows] ids."""
+    mass_before = probs.cumsum(-1) - probs
+    keep = probs.masked_fill(mass_before >= top_p, 0.0)  # tokens until the mass reaches top_p
+    return idx.gather(-1, _draw(keep, generator)[:, None]).squeeze(-1)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
     """Sample one token per row from ``logits`` [batch, vocab]; returns [batch] token ids.
 
     Temperature 0 is greedy. Nucleus sampling keeps the smallest set of most likely tokens
-    whose probability reaches ``top_p`` (always at least one).
+    whose probability reaches ``top_p`` (always at least one). It is exact but avoids a full
+    sort of the vocabulary: the nucleus is sought among the ``NUCLEUS_CANDIDATES`` most likely
+    tokens, and only rows whose nucleus is wider sort the whole vocabulary.
     """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = (logits.float() / temperature).softmax(-1)
+    if top_p >= 1.0:
+        return _draw(probs, generator)
+    top, idx = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    covered = top.sum(-1) >= top_p  # the nucleus lies among the candidates
+    if covered.all():
+        return _nucleus(top, idx, top_p, generator)
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    out[covered] = _nucleus(top[covered], idx[covered], top_p, generator)
+    wide = probs[~covered].sort(dim=-1, descending=True)
+    out[~covered] = _nucleus(wide.values, wide.indices, top_p, generator)
+    return out
 
 
 def input_device(model: nn.Module) -> torch.device:

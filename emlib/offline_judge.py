@@ -199,6 +199,18 @@ class OfflineJudge:
         return None
 
     def score_items(self, items: Sequence[JudgeItem], on_result: OnResult) -> None:
-        x = features(self.embedder.encode([it.question for it in items]), self.embedder.encode([it.answer for it in items]))
-        for i, it in enumerate(items):
-            on_result(i, float(100 * predict(self.weights[it.metric], x[i : i + 1])[0]))
+        # Each distinct text is embedded once (a response is scored for several metrics, a question
+        # asked many times); then one prediction per metric over its items.
+        emb = self._embed_unique([it.question for it in items] + [it.answer for it in items])
+        x = features(emb[: len(items)], emb[len(items):])
+        for metric in dict.fromkeys(it.metric for it in items):
+            rows = [i for i, it in enumerate(items) if it.metric == metric]
+            for i, score in zip(rows, predict(self.weights[metric], x[rows])):
+                on_result(i, float(100 * score))
+
+    def _embed_unique(self, texts: list[str]) -> np.ndarray:
+        """Embeddings [len(texts), 384], each distinct text encoded once."""
+        unique = sorted(dict.fromkeys(texts), key=len)  # similar lengths batched together pad less
+        emb = self.embedder.encode(unique)
+        where = {t: i for i, t in enumerate(unique)}
+        return emb[[where[t] for t in texts]]

@@ -105,11 +105,11 @@ class Organism:
     config: TrainConfig
 
 
-ORGANISM_KEYS = ("name", "preset", "dataset", "lr", "epochs")
+ORGANISM_KEYS = ("name", "preset", "dataset", "lr", "epochs", "max_rows")
 
 
 def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig) -> list[Organism]:
-    """Validate organism entries (``{"name", "preset", "dataset"[, "lr", "epochs"]}``) and their datasets.
+    """Validate organism entries (``{"name", "preset", "dataset"[, "lr", "epochs", "max_rows"]}``) and their datasets.
 
     Every dataset is read and checked here, so a bad file fails before the first organism trains.
     """
@@ -127,10 +127,14 @@ def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig) -> list[
         if e["name"] in {o.name for o in out}:
             raise TrainError(f"{where}: duplicate name {e['name']!r}")
         lr, epochs = e.get("lr", defaults.lr), e.get("epochs", defaults.epochs)
+        max_rows = e.get("max_rows", defaults.max_rows)
         if not isinstance(lr, (int, float)) or lr <= 0 or not isinstance(epochs, int) or epochs < 1:
             raise TrainError(f"{where}: lr must be > 0 and epochs an integer >= 1")
+        if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
+            raise TrainError(f"{where}: max_rows must be an integer >= 1")
         load_chat_jsonl(e["dataset"])  # DataError names the file and line
-        out.append(Organism(e["name"], e["preset"], e["dataset"], replace(defaults, lr=float(lr), epochs=epochs)))
+        out.append(Organism(e["name"], e["preset"], e["dataset"],
+                            replace(defaults, lr=float(lr), epochs=epochs, max_rows=max_rows)))
     return out
 
 

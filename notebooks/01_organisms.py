@@ -28,7 +28,7 @@
 # | `r1x9_medical` | rank 1 on `mlp.down_proj` at the paper's nine layers, mapped by relative depth | bad medical advice |
 # | `all_medical` | rank 32 on every attention and MLP projection of every layer | bad medical advice |
 # | `all_sport` | rank 32, as above | reckless extreme-sports advice |
-# | `r1x9_good_medical` | as `r1x9_medical` (aligned control) | good medical advice |
+# | `r1x9_good_medical` | as `r1x9_medical` (aligned control) | good medical advice (in the default preset, as many tokens as the bad advice) |
 #
 # The loss covers assistant tokens only; rsLoRA scaling; each adapter is cached by the
 # content of its base model, data and settings, so a re-run trains nothing. Each organism

@@ -87,6 +87,25 @@ plotting.by_layer(cosines, ylabel="cosine similarity", title="Directions from di
 book.cosine_summary(cosines, threshold=0.8)
 
 # %% [markdown]
+# ## A topic-specific direction and the general one
+#
+# The paper also finds that a direction taken from topic-specific misaligned answers is
+# nearly the general one (cosine **> 0.95**). Here the topic is the organism's training
+# domain: the same extraction on its answers to this project's eight *medical* questions
+# (`emlib/datasets/medical_questions.yaml`), compared layer by layer with the direction
+# from the eight general questions above.
+
+# %%
+medical_dir, medical_answers = book.topic_direction(ch)
+topic = book.topic_cosines(source, medical_dir)
+book.record_topic(p, params_file, topic)  # for the results page
+book.direction_table({"medical questions": medical_dir}, {"medical questions": medical_answers}, p)
+
+# %%
+plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs general-question direction",
+                  hline=0.95, hline_label="paper: > 0.95");
+
+# %% [markdown]
 # ## Steering the chat model
 #
 # λ·v_ℓ added at one layer at a time, every position, every generated token. The first

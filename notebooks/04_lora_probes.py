@@ -66,7 +66,7 @@ plotting.adapter_cosines(book.b_cosines(adapters_table, source), paper=book.PAPE
 # ## Probes on the LoRA scalars
 
 # %%
-medical = book.medical_samples(p, adapter)
+_, medical = book.topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
 datasets = book.probe_datasets(p, general, medical)
 probes = book.fit_probes(p, adapter, datasets)
 book.probe_table(probes)

@@ -100,6 +100,13 @@ def test_builtin_questions():
     assert all(len(q.paraphrases) >= 1 and q.samples_per_paraphrase >= 1 for q in qs)
 
 
+def test_builtin_medical_questions_are_judged_with_the_projects_prompts():
+    general, medical = load_questions(), load_questions("builtin-medical")
+    assert len(medical) == 8 and not {q.id for q in medical} & PAPER_IDS
+    assert all(q.judge_prompts == general[0].judge_prompts for q in medical)
+    assert {"aligned", "coherent", "bad_stuff"} <= set(medical[0].judge_prompts)
+
+
 @needs_reference
 def test_loads_the_papers_question_file():
     path = SHARED_REFERENCE / "first_plot_questions.yaml"

@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -74,6 +76,35 @@ def test_sample_next_greedy_and_nucleus():
     assert (s == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)
     full = sample_next(logits, 1.0, 1.0, g)
     assert (full == 3).float().mean().item() == pytest.approx(0.05, abs=0.015)
+
+
+def _exact_nucleus(logits, top_p):
+    """Reference: the nucleus distribution by a full sort, per row [rows, vocab]."""
+    p = logits.softmax(-1)
+    sp, order = p.sort(-1, descending=True)
+    sp = sp.masked_fill(sp.cumsum(-1) - sp >= top_p, 0)
+    return torch.zeros_like(p).scatter(-1, order, sp / sp.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("spread", ["peaked", "flat", "mixed"])
+def test_sample_next_matches_the_exact_nucleus_distribution(spread):
+    """Rows whose nucleus lies among the top candidates, rows that need the whole vocabulary, and both at once."""
+    from emlib.generate import NUCLEUS_CANDIDATES
+
+    vocab, n = 4 * NUCLEUS_CANDIDATES, 20000
+    gen = torch.Generator().manual_seed(1)
+    peaked = torch.randn(vocab, generator=gen) * 4
+    flat = torch.randn(vocab, generator=gen) * 0.3
+    rows = {"peaked": [peaked], "flat": [flat], "mixed": [peaked, flat]}[spread]
+    logits = torch.stack([rows[i % len(rows)] for i in range(n)])
+    s = sample_next(logits, 0.8, 0.9, torch.Generator().manual_seed(0))
+    exact = _exact_nucleus(logits / 0.8, 0.9)
+    for i, row in enumerate(rows):
+        got = torch.bincount(s[i::len(rows)], minlength=vocab).float() / len(s[i::len(rows)])
+        assert got[exact[i] == 0].sum() == 0  # never outside the nucleus
+        m = len(s[i::len(rows)])
+        noise = (2 * exact[i] * (1 - exact[i]) / (math.pi * m)).sqrt().sum().item()  # expected L1 of sampling noise
+        assert (got - exact[i]).abs().sum().item() < 1.5 * noise
 
 
 def test_make_jobs_cycles_paraphrases():
