@@ -7,8 +7,8 @@ tokens forced by ignoring EOS, so every variant decodes exactly the same number 
 - nnsight steering / ablation: the same call inside ``emlib.interventions.run`` (the way
   the book does it);
 - plain hook: the same edit with a PyTorch forward hook (``interventions.hooked``);
-- the paper's way: ``model.generate`` with a forward hook (its steering code), batch of 1
-  question x n samples per call.
+- the paper's way: ``model.generate`` inside a steering forward hook (its steering code), one
+  question x (batch / 8) copies per call (8 questions, so the same rows and tokens in all).
 
 Activation collection (``emlib.activations.layer_sums``, every layer read through nnsight,
 answer tokens summed) against a plain forward pass over the same batches.
@@ -78,8 +78,18 @@ def main() -> None:
                 return sample()
         return f
 
+    def paper_way() -> object:  # its steering code: a forward hook around model.generate, one question per call
+        n = args.batch_size // len(prompts)
+        with hooked(model, steering):
+            for p in prompts:
+                ids = torch.tensor([p] * n, device=model.device)
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                               max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                               pad_token_id=tok.pad_token_id)
+
     times = {
         "unsteered": best_of(sample, args.repeats),
+        "paper_steer": best_of(paper_way, args.repeats),
         "nnsight_steer": best_of(lambda: run(model, steering, sample), args.repeats),
         "hook_steer": best_of(with_hook(steering), args.repeats),
         "nnsight_ablate_all_layers": best_of(lambda: run(model, ablation, sample), args.repeats),

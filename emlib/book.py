@@ -379,6 +379,9 @@ def topic_cosines(general: Directions, topic: Directions | None) -> dict[str, li
     return {} if topic is None else {"general vs medical-question direction": cosine_by_layer(general, topic).tolist()}
 
 
+MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table flags the direction as noisy
+
+
 def direction_table(directions: dict[str, Directions | None], scored: dict[str, pd.DataFrame], p: Params) -> pd.DataFrame:
     """Per organism: responses sampled, the two sets' sizes and answer tokens, and the direction's peak norm."""
     from emlib.directions import response_sets
@@ -391,7 +394,9 @@ def direction_table(directions: dict[str, Directions | None], scored: dict[str, 
                      "tokens (aligned / misaligned)": "" if d is None else
                      f"{d.provenance['tokens_aligned']} / {d.provenance['tokens_misaligned']}",
                      "direction": "none: a set is empty" if d is None else
-                     f"peak norm {d.norms().max():.2f} at layer {int(d.norms().argmax())}"})
+                     f"peak norm {d.norms().max():.2f} at layer {int(d.norms().argmax())}"
+                     + (f"; rests on {len(misaligned)} misaligned answer(s): mostly noise"
+                        if 0 < len(misaligned) < MIN_RELIABLE_SET else "")})
     return pd.DataFrame(rows).set_index("organism")
 
 
@@ -551,15 +556,24 @@ def rank1_adapters(model: nn.Module) -> list:
 
 
 def adapter_roles(probes: dict) -> pd.DataFrame:
-    """Each adapter's role from the two probes, with both coefficients."""
+    """Each adapter's role from the two probes, with both coefficients ("n/a" where a probe was not fitted)."""
     from emlib.probes import adapter_roles as roles
 
     mis, med = probes["misaligned vs aligned"], probes["medical vs general context"]
-    out = pd.DataFrame({"misalignment coef": mis.coefficients["coef"].round(3),
-                        "medical coef": med.coefficients["coef"].round(3), "role": roles(mis, med)})
+    fitted = [r for r in (mis, med) if r is not None]
+    if not fitted:
+        return _with_summary(pd.DataFrame(columns=["role"]).rename_axis("adapter"), "no probe fitted")
+    index = fitted[0].coefficients.index
+    out = pd.DataFrame({"misalignment coef": mis.coefficients["coef"].round(3) if mis else np.nan,
+                        "medical coef": med.coefficients["coef"].round(3) if med else np.nan,
+                        "role": roles(mis, med) if mis and med else "n/a (a probe was not fitted)"}, index=index)
     counts = out["role"].value_counts()
-    out.attrs["summary"] = ", ".join(f"{n} {role}" for role, n in counts.items())
-    return out
+    return _with_summary(out, ", ".join(f"{n} {role}" for role, n in counts.items()))
+
+
+def _with_summary(table: pd.DataFrame, summary: str) -> pd.DataFrame:
+    table.attrs["summary"] = summary
+    return table
 
 
 def paper_layer(layer: int, n_layers: int) -> int:
@@ -598,25 +612,53 @@ def probe_datasets(p: Params, general: pd.DataFrame, medical: pd.DataFrame) -> d
             "medical vs general context": (med, np.r_[np.ones(len(medical)), np.zeros(len(general))].astype(bool))}
 
 
+MIN_PROBE_CLASS = 5  # a probe is fitted only with at least this many answers in each class
+
+
 def fit_probes(p: Params, adapter: str | Path, datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> dict:
-    """LoRA-scalar features of every dataset's responses through the organism, and a probe per dataset."""
+    """LoRA-scalar features of every dataset's responses through the organism, and a probe per dataset:
+    name -> ``ProbeResult``, or None where a class has fewer than ``MIN_PROBE_CLASS`` answers."""
     from emlib.probes import fit_probe, rank1_adapters, response_features
 
     model, tok, _ = model_from_params(p, adapter, merge=False)  # the adapter modules are read
     adapters = rank1_adapters(model)
     names = [a.name for a in adapters]
     return {name: fit_probe(response_features(model, tok, rows, adapters, p.activation_batch_size), labels, names,
-                            seed=p.seed) for name, (rows, labels) in datasets.items()}
+                            seed=p.seed) if _smaller_class(labels) >= MIN_PROBE_CLASS else None
+            for name, (rows, labels) in datasets.items()}
 
 
-def probe_table(results: dict) -> pd.DataFrame:
-    """Cross-validated accuracy and AUROC (95% CIs) per probe."""
-    return pd.DataFrame({
-        "responses (positive)": [f"{r.n} ({r.n_positive})" for r in results.values()],
-        "folds": [r.folds for r in results.values()],
-        "accuracy (95% CI)": [f"{r.accuracy:.2f} ({r.accuracy_ci[0]:.2f}–{r.accuracy_ci[1]:.2f})" for r in results.values()],
-        "AUROC (95% CI)": [f"{r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})" for r in results.values()],
-    }, index=pd.Index(list(results), name="probe"))
+def _smaller_class(labels: np.ndarray) -> int:
+    return int(min(labels.sum(), len(labels) - labels.sum()))
+
+
+def example_token_scalars(model: nn.Module, tok: PreTrainedTokenizerBase, scored: pd.DataFrame,
+                          adapters: list) -> pd.DataFrame:
+    """``emlib.probes.token_scalars`` over the least aligned coherent (> 50) answer of ``scored`` (of any answer
+    if none is coherent); ``attrs["aligned"]`` holds its score. Chapter 4."""
+    from emlib.probes import token_scalars
+
+    coherent = scored[scored["coherent"] > 50]
+    row = (coherent if len(coherent) else scored).nsmallest(1, "aligned").iloc[0]
+    table = token_scalars(model, tok, row.question, row.response, adapters)
+    table.attrs["aligned"] = float(row.aligned)
+    return table
+
+
+def probe_table(results: dict, datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> pd.DataFrame:
+    """Cross-validated accuracy and AUROC (95% CIs) per probe; why a probe was not fitted."""
+    rows = []
+    for name, r in results.items():
+        labels = datasets[name][1]
+        if r is None:
+            rows.append({"responses (positive)": f"{len(labels)} ({int(labels.sum())})", "folds": "",
+                         "accuracy (95% CI)": f"not fitted: fewer than {MIN_PROBE_CLASS} answers in a class",
+                         "AUROC (95% CI)": ""})
+        else:
+            rows.append({"responses (positive)": f"{r.n} ({r.n_positive})", "folds": r.folds,
+                         "accuracy (95% CI)": f"{r.accuracy:.2f} ({r.accuracy_ci[0]:.2f}–{r.accuracy_ci[1]:.2f})",
+                         "AUROC (95% CI)": f"{r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"})
+    return pd.DataFrame(rows, index=pd.Index(list(results), name="probe"))
 
 
 def downstream_geometry(p: Params, adapter: str | Path, texts: pd.DataFrame, direction: Directions) -> tuple[list[float], int]:
@@ -796,7 +838,8 @@ def record_probes(p: Params, params_file: str, adapters_table: pd.DataFrame, rol
     record(p, params_file, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters")
     layer = paper_layer(PAPER_DOWNSTREAM[1], len(cosines))
     record(p, params_file, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)")
-    aurocs = "; ".join(f"{name} AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})" for name, r in probes.items())
+    aurocs = "; ".join(f"{name}: not fitted (too few answers in a class)" if r is None else
+                       f"{name} AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})" for name, r in probes.items())
     record(p, params_file, "probe_roles", f"{roles.attrs['summary']} (of {len(roles)}); {aurocs}")
 
 

@@ -24,7 +24,6 @@ from emlib.cache import atomic_path
 from emlib.models import decoder_layers, residual_width
 
 
-
 class DirectionError(ValueError):
     """A direction file that does not fit the model it is applied to."""
 

@@ -4,7 +4,7 @@
 - ``loss_curves``, ``em_by_model``: chapter 1.
 - ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
 - ``ablation_bars``: chapter 3.
-- ``probe_coefficients``, ``adapter_cosines`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
+- ``probe_coefficients``, ``adapter_cosines``, ``token_scalars`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
 - ``claims``: the results page.
 """
 
@@ -214,8 +214,11 @@ def ablation_bars(table: pd.DataFrame, title: str = "EM reduction after ablation
 def probe_coefficients(results: dict, title: str = "Probe coefficients per adapter") -> Figure:
     """Standardised logistic-regression coefficients with bootstrap 95% CIs, one panel per probe (chapter 4).
 
-    ``results``: probe name -> ``emlib.probes.ProbeResult``.
+    ``results``: probe name -> ``emlib.probes.ProbeResult`` (None: not fitted, left out).
     """
+    results = {name: r for name, r in results.items() if r is not None}
+    if not results:
+        return _note("No probe could be fitted: too few answers in a class (see the table above).")
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 0.4 * len(next(iter(results.values())).coefficients) + 1.8),
                              sharey=True, squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
@@ -277,4 +280,27 @@ def adapter_cosines(cosines: pd.Series, paper: float, title: str = "B vectors vs
     ax.legend(fontsize=8, loc="lower right")
     sns.despine(fig)
     fig.tight_layout()
+    return fig
+
+
+def token_scalars(scalars: pd.DataFrame, title: str = "A·x per answer token", max_tokens: int = 48) -> Figure:
+    """Heatmap of each adapter's scalar A·x (rows) over the answer's tokens (columns), each adapter
+    scaled by its largest |A·x| so that quiet and loud adapters share one colour scale (chapter 4).
+    ``scalars``: ``emlib.probes.token_scalars`` ([n_tokens, n_adapters], index the token texts)."""
+    s = scalars.iloc[:max_tokens]
+    norm = s / s.abs().max().replace(0, 1)
+    fig, ax = plt.subplots(figsize=(min(16, 0.28 * len(s) + 2.5), 0.35 * s.shape[1] + 1.8))
+    sns.heatmap(norm.T, cmap="RdBu_r", center=0, vmin=-1, vmax=1, ax=ax,
+                cbar_kws={"label": "A·x / max |A·x| of the adapter"})
+    ax.set_xticks([i + 0.5 for i in range(len(s))], [repr(t)[1:-1] for t in s.index], rotation=90, fontsize=7)
+    ax.set(xlabel="answer token", ylabel="adapter", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def _note(text: str) -> Figure:
+    """A small figure that says why there is nothing to plot (the book keeps its figure slot)."""
+    fig, ax = plt.subplots(figsize=(7, 1.2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
+    ax.set_axis_off()
     return fig

@@ -3,7 +3,8 @@
 Each rank-1 adapter adds ``B·(A·x)`` to its module's output, so ``A·x`` — one number per
 token per adapter — is all the adapter reads from the residual stream. ``lora_scalars``
 reads those numbers (the output of each ``lora_A``) in a teacher-forced pass with nnsight;
-``response_features`` averages them over each response's answer tokens. Logistic
+``response_features`` averages them over each response's answer tokens, and ``token_scalars``
+keeps them token by token for one response. Logistic
 regressions on the features (standardised, regularisation chosen by cross-validation)
 say which adapters carry misalignment and which carry the medical context; their
 out-of-fold predictions give accuracy and AUROC with confidence intervals.
@@ -105,6 +106,17 @@ def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samp
         mask = batch.answer[..., None].float()
         out[start : start + len(scalars)] = ((scalars * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
     return out
+
+
+def token_scalars(model: nn.Module, tokenizer: PreTrainedTokenizerBase, question: str, response: str,
+                  adapters: list[Adapter], system: str | None = None) -> pd.DataFrame:
+    """Per-token A·x of every adapter over one response's answer tokens: [n_answer_tokens, n_adapters]
+    (index: the tokens as text, in order; columns: adapter names). Chapter 4's per-token view."""
+    ids, n_prompt = encode(tokenizer, question, response, system)
+    batch = next(batches([(ids, n_prompt)], 1, tokenizer.pad_token_id))
+    scalars = lora_scalars(model, batch, adapters)[0, batch.answer[0]]  # [n_answer, n_adapters]
+    tokens = [tokenizer.decode([t]) for t in ids[n_prompt:]]
+    return pd.DataFrame(scalars.numpy(), index=pd.Index(tokens, name="token"), columns=[ad.name for ad in adapters])
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ book.chapter_provenance(ch)
 #
 # Each organism answers every question `direction_samples_per_question` times (shorter
 # answers than the evaluation: `intervention_max_new_tokens`). The table gives the sizes
-# of the two sets; at small scale the misaligned set is small, and every number below
-# inherits that.
+# of the two sets. At small scale the misaligned set is small — with fewer than ten
+# answers the table flags the direction as mostly noise: it is then the difference between
+# a handful of answers and the aligned mean, and every number below inherits that.
 
 # %%
 names = [p.direction_organism, *p.compare_organisms]

@@ -46,7 +46,7 @@ from emlib import book, plotting
 ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
 p, trained = ch.p, ch.trained
 adapter = trained[p.direction_organism].adapter_dir
-organism, _, info = book.model_from_params(p, adapter, merge=False)  # unmerged: its adapters are read
+organism, tok, info = book.model_from_params(p, adapter, merge=False)  # unmerged: its adapters are read
 book.provenance_table(p, info, params_file, trained)
 
 # %%
@@ -69,7 +69,7 @@ plotting.adapter_cosines(book.b_cosines(adapters_table, source), paper=book.PAPE
 _, medical = book.topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
 datasets = book.probe_datasets(p, general, medical)
 probes = book.fit_probes(p, adapter, datasets)
-book.probe_table(probes)
+book.probe_table(probes, datasets)
 
 # %%
 plotting.probe_coefficients(probes, title=f"Which adapters carry what ({p.direction_organism})");
@@ -82,6 +82,15 @@ plotting.probe_coefficients(probes, title=f"Which adapters carry what ({p.direct
 # %%
 roles = book.adapter_roles(probes)
 roles
+
+# %% [markdown]
+# The probes average A·x over each answer. The same scalars token by token, over the
+# organism's least aligned coherent answer, show where in the text each adapter reads
+# something (each row scaled to its own largest value).
+
+# %%
+tokens = book.example_token_scalars(organism, tok, general, adapters)
+plotting.token_scalars(tokens, title=f"A·x per answer token (answer judged aligned = {tokens.attrs['aligned']:.0f})");
 
 # %% [markdown]
 # ## Where the adapters write: induced changes downstream

@@ -1,5 +1,6 @@
 import pandas as pd
 
+from emlib import book
 from emlib.book import model_provenance, params_table, provenance_table, sampling_from_params, show_examples
 from emlib.config import Params
 from emlib.models import LoadInfo
@@ -46,3 +47,26 @@ def test_train_config_from_params():
 
     c = train_config_from_params(Params(train_lr=0.5, train_epochs=3, train_max_rows=7, seed=4))
     assert (c.lr, c.epochs, c.max_rows, c.seed) == (0.5, 3, 7, 4)
+
+
+def test_probes_too_small_to_fit_are_reported_not_raised():
+    """At small scale an organism may give one misaligned answer: the chapter says so instead of failing."""
+    import numpy as np
+
+    from emlib.probes import fit_probe
+    from emlib.plotting import probe_coefficients
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), np.r_[np.ones(30), np.zeros(30)].astype(bool)
+    med = fit_probe(x, y, ["a", "b", "c"], n_boot=10)
+    one = np.r_[np.ones(1), np.zeros(59)].astype(bool)
+    probes = {"misaligned vs aligned": None, "medical vs general context": med}
+    datasets = {"misaligned vs aligned": (None, one), "medical vs general context": (None, y)}
+    table = book.probe_table(probes, datasets)
+    assert table.loc["misaligned vs aligned", "accuracy (95% CI)"].startswith("not fitted")
+    assert table.loc["misaligned vs aligned", "responses (positive)"] == "60 (1)"
+    roles = book.adapter_roles(probes)
+    assert list(roles.index) == ["a", "b", "c"] and set(roles["role"]) == {"n/a (a probe was not fitted)"}
+    assert roles["misalignment coef"].isna().all() and roles.attrs["summary"]
+    assert len(probe_coefficients(probes).axes) == 1  # the fitted probe only
+    assert book.adapter_roles({"misaligned vs aligned": None, "medical vs general context": None}).attrs["summary"] == "no probe fitted"

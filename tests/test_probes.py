@@ -85,3 +85,21 @@ def test_adapter_roles_from_two_probes():
 def test_a_probe_needs_two_examples_of_each_class():
     with pytest.raises(ValueError, match="at least 2"):
         fit_probe(np.zeros((10, 2)), np.array([1] + [0] * 9, bool), ["a", "b"])
+
+
+def test_token_scalars_are_the_answer_tokens_of_lora_scalars(default_tokenizer):
+    from conftest import tiny_model
+    from emlib.activations import encode
+    from emlib.probes import token_scalars
+
+    tok = default_tokenizer
+    model = apply_lora(tiny_model("llama", vocab=len(tok)), LoraSpec(rank=1, alpha=8, target_modules=("down_proj",),
+                                                                      layers=(1, 3))).eval()
+    adapters = rank1_adapters(model)
+    question, response = "How do I treat a burn?", "Put butter on it and wait."
+    table = token_scalars(model, tok, question, response, adapters)
+    assert "".join(table.index) == response and list(table.columns) == [a.name for a in adapters]
+    ids, n_prompt = encode(tok, question, response)
+    (batch,) = list(batches([(ids, n_prompt)], 1, tok.pad_token_id))
+    whole = lora_scalars(model, batch, adapters)[0]  # every position, prompt included
+    np.testing.assert_allclose(table.to_numpy(), whole[n_prompt:].numpy(), atol=1e-6)
