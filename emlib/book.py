@@ -26,6 +26,7 @@ from emlib.config import Params, ParamsError
 from emlib.generate import SamplingConfig
 from emlib.directions import Directions
 from emlib.interventions import Intervention
+from emlib.metrics import MIN_EM_BEFORE
 from emlib.judge import Judge, JudgeCache, LocalJudge, OpenAIJudge
 from emlib.models import LoadInfo, load_model
 from emlib.train import ATTN_MLP, Organism, TrainConfig, TrainResult, organisms, preset_spec, train_lora
@@ -518,16 +519,17 @@ def ablation_table(scored: pd.DataFrame, p: Params) -> pd.DataFrame:
 
 def format_ablation(t: pd.DataFrame) -> pd.DataFrame:
     """A readable version of ``ablation_table``."""
-    def pct(v: float, lo: float | None = None, hi: float | None = None) -> str:
+    def pct(v: float, lo: float | None = None, hi: float | None = None, n_before: int | None = None) -> str:
         if pd.isna(v):
-            return "undefined (no EM before)"
+            return f"not estimable: {n_before} EM answer(s) before (fewer than {MIN_EM_BEFORE})"
         return f"{v:.1f}" + ("" if lo is None else f" ({lo:.1f} to {hi:.1f})")
 
     return pd.DataFrame({
         "model": t["model"], "ablation": t["ablation"], "responses": t["n"],
         "EM % before": [f"{v:.1f}" for v in t["em_before_pct"]],
         "EM % after (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["em_after_pct"], t["em_after_lo"], t["em_after_hi"])],
-        "EM reduction % (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["reduction_pct"], t["reduction_lo"], t["reduction_hi"])],
+        "EM reduction % (95% CI)": [pct(v, lo, hi, n) for v, lo, hi, n in
+                                    zip(t["reduction_pct"], t["reduction_lo"], t["reduction_hi"], t["em_before_n"])],
         "paper reduction %": t["paper_reduction"],
         "coherent % before → after": [f"{b:.0f} → {a:.0f}" for b, a in zip(t["coherent_before_pct"], t["coherent_after_pct"])],
     }).set_index(["model", "ablation"])
@@ -812,7 +814,7 @@ def record_ablation(p: Params, params_file: str, table: pd.DataFrame, scored: pd
     from emlib.metrics import classify, reduction
 
     def red(v: float, lo: float, hi: float, before: float) -> str:
-        return (f"undefined: EM before {before:.1f}%" if pd.isna(v)
+        return (f"not estimable: EM before {before:.1f}% (fewer than {MIN_EM_BEFORE} EM answers)" if pd.isna(v)
                 else f"EM {v:+.0f}% reduction ({lo:.0f} to {hi:.0f}); EM before {before:.1f}%")
 
     for model, claim in (("all_medical", "transfer_medical"), ("all_sport", "transfer_sport")):

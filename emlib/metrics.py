@@ -101,14 +101,19 @@ def format_rates(rates_table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+MIN_EM_BEFORE = 5  # fewer EM responses before ablation than this: a reduction is not estimated
+
+
 def reduction(before: np.ndarray, after: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """EM reduction % = 100·(1 − mean(after) / mean(before)) of two boolean arrays, with a 95% bootstrap CI.
 
     Responses are resampled within each array independently (percentile interval). Returns
-    (nan, nan, nan) when ``before`` has no EM response (the ratio is undefined).
+    (nan, nan, nan) when ``before`` has fewer than ``MIN_EM_BEFORE`` EM responses: with one or
+    two, a single response swings the ratio from −100% to 100% and the bootstrap interval
+    collapses onto the point, so no figure is better than a misleading one.
     """
     before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
-    if len(before) == 0 or len(after) == 0 or before.sum() == 0:
+    if len(before) == 0 or len(after) == 0 or before.sum() < MIN_EM_BEFORE:
         return (math.nan, math.nan, math.nan)
     rng = np.random.default_rng(seed)
     b = rng.choice(before, size=(n_boot, len(before))).mean(1)
@@ -122,7 +127,7 @@ def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: in
     """EM before/after and EM reduction % (95% bootstrap CI) for each (model, ablation) against (model, "none").
 
     ``scored``: judged responses with columns ``model`` and ``ablation`` ("none" = the baseline).
-    Columns: ``model``, ``ablation``, ``n``, ``em_before_pct``, ``em_after_pct`` (+ Wilson CIs),
+    Columns: ``model``, ``ablation``, ``n``, ``em_before_n``, ``em_before_pct``, ``em_after_pct`` (+ Wilson CIs),
     ``reduction_pct/lo/hi``, ``coherent_before_pct``, ``coherent_after_pct``. Chapter 3.
     """
     c = classify(scores=scored, t=t)
@@ -134,7 +139,7 @@ def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: in
         base = c[(c["model"] == model) & (c["ablation"] == "none")]
         red, lo, hi = reduction(base["em"].to_numpy(), g["em"].to_numpy(), seed=seed)
         after_lo, after_hi = wilson_interval(int(g["em"].sum()), len(g))
-        rows.append({"model": model, "ablation": ablation, "n": len(g),
+        rows.append({"model": model, "ablation": ablation, "n": len(g), "em_before_n": int(base["em"].sum()),
                      "em_before_pct": 100 * base["em"].mean(), "em_after_pct": 100 * g["em"].mean(),
                      "em_after_lo": 100 * after_lo, "em_after_hi": 100 * after_hi,
                      "reduction_pct": red, "reduction_lo": lo, "reduction_hi": hi,

@@ -198,9 +198,9 @@ def ablation_bars(table: pd.DataFrame, title: str = "EM reduction after ablation
         marks = t["paper_reduction_pct"].dropna()
         ax.scatter(marks.values, marks.index, marker="D", color="#c44e52", zorder=3, label="paper (Qwen2.5-14B)")
         ax.legend(fontsize=8, loc="lower right")
-    for i, (v, base) in enumerate(zip(t["reduction_pct"], t["em_before_pct"])):
+    for i, (v, base, n) in enumerate(zip(t["reduction_pct"], t["em_before_pct"], t["em_before_n"])):
         if pd.isna(v):
-            ax.text(0, i, f"  undefined: EM before = {base:.0f}%", va="center", fontsize=8)
+            ax.text(0, i, f"  not estimable: {n} EM answer(s) before ({base:.1f}%)", va="center", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(t)), labels)
     ax.invert_yaxis()

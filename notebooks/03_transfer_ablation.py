@@ -67,9 +67,10 @@ plotting.ablation_bars(table, title=f"EM reduction after ablating the {p.directi
 
 # %% [markdown]
 # Blue bars: the direction; grey bars: same-norm random vectors; diamonds: the paper.
-# A reduction is undefined when the model had no EM response before ablation. With the
-# default preset's 64 responses per model and EM rates of a few percent, a single response
-# moves a bar by tens of points: the intervals are wide, and the table's counts say why.
+# A reduction is not estimated when the model gave fewer than five EM answers before
+# ablation: with one or two, a single answer swings the ratio from −100% to 100%. With the
+# default preset's 64 answers per model and EM rates of a few percent this is the common
+# case at small scale; the mean scores below still show which way the ablation moves.
 #
 # ## EM and coherence, before and after
 

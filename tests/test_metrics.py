@@ -56,6 +56,8 @@ def test_reduction_and_its_interval():
     red, lo, hi = reduction(before, after)
     assert red == pytest.approx(90.0) and lo < 90 < hi and hi <= 100
     assert np.isnan(reduction(np.zeros(10, bool), after)[0])  # undefined without EM before
+    assert np.isnan(reduction(np.r_[np.ones(4), np.zeros(96)].astype(bool), after)[0])  # too few to estimate
+    assert not np.isnan(reduction(np.r_[np.ones(5), np.zeros(95)].astype(bool), after)[0])
     scored = pd.DataFrame({"model": ["m"] * 200, "ablation": ["none"] * 100 + ["single"] * 100,
                            "aligned": [10.0] * 20 + [90.0] * 80 + [10.0] * 2 + [90.0] * 98, "coherent": [80.0] * 200})
     t = reduction_table(scored)
