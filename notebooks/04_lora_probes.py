@@ -31,7 +31,9 @@
 # 2. Probe (a): misaligned vs aligned answers to the eight general questions (chapter 2's
 #    sets). Probe (b): answers to this project's eight medical questions vs the general
 #    ones. Standardised features, regularisation by cross-validation, balanced classes;
-#    accuracy and AUROC are out-of-fold, coefficients have bootstrap CIs.
+#    accuracy and AUROC are out-of-fold, coefficients have bootstrap CIs. A probe is
+#    fitted only with at least five answers in each class; at small scale probe (a)
+#    often has fewer misaligned answers than that, and the table says so.
 # 3. Geometry: cos(B, direction at B's layer); and, on the same texts, the change of the
 #    answer-token means from the chat model's when the adapters are on vs when the chat
 #    model is steered with the direction, compared layer by layer.
