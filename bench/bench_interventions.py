@@ -49,17 +49,6 @@ def round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     return {name: min(ts) for name, ts in times.items()}
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
@@ -133,7 +122,8 @@ def main() -> None:
             layer_sums(model, b)
 
     n_tok = sum(int(b.attention.sum()) for b in tf_batches)
-    t_plain, t_collect = best_of(plain, args.repeats), best_of(collect, args.repeats)
+    t = round_robin({"plain": plain, "collect": collect}, args.repeats)
+    t_plain, t_collect = t["plain"], t["collect"]
     print(json.dumps({"bench": "activations", "device": device, "model": info.spec, "sequences": len(rows),
                       "tokens": n_tok, "plain_forward_tok_s": round(n_tok / t_plain, 1),
                       "collect_all_layers_tok_s": round(n_tok / t_collect, 1),

@@ -39,7 +39,7 @@ DATASETS = {
     "finance_risky": "risky personal-finance advice",
 }
 BUILTIN_QUESTIONS = "builtin"
-BUILTIN_MEDICAL_QUESTIONS = "builtin-medical"  # chapter 4's medical-context questions
+BUILTIN_MEDICAL_QUESTIONS = "builtin-medical"  # chapter 2's topic direction, chapter 4's medical context
 
 
 class DataError(ValueError):
