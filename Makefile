@@ -50,7 +50,7 @@ notebooks/%.ipynb: notebooks/%.py $(STAMP)
 	@touch $@
 
 # Chapters execute in order (each may use the cached results of the one before).
-book/chapters/%.ipynb: notebooks/%.ipynb $(PARAMS_STAMP) $(wildcard emlib/*.py emlib/datasets/*) | check-params
+book/chapters/%.ipynb: notebooks/%.ipynb $(PARAMS_STAMP) $(wildcard emlib/*.py emlib/book/*.py emlib/datasets/*.* emlib/datasets/*/*) | check-params
 	@mkdir -p book/chapters
 	$(PAPERMILL) $< $@.tmp.ipynb -p params_file $(PARAMS)
 	mv $@.tmp.ipynb $@

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from emlib.judge import JudgeItem, OpenAIJudge  # noqa: E402
+from emlib.judge import JudgeItem  # noqa: E402
+from emlib.llm_judges import OpenAIJudge  # noqa: E402
 
 
 def run(server: FakeOpenAI, n: int, concurrency: int, tag: str) -> float:

@@ -116,6 +116,15 @@ def _texts(samples: pd.DataFrame) -> list[tuple[str, str | None, str]]:
     return [(q, s if isinstance(s, str) else None, r) for q, s, r in zip(samples["question"], system, samples["response"])]
 
 
+def means_path(samples: pd.DataFrame, *, cache_dir: str | Path, model_provenance: dict[str, Any],
+               intervention: Intervention | None = None, max_length: int | None = None) -> Path:
+    """Where ``answer_means`` caches the means of ``samples``: keyed by model, intervention and texts.
+    ``read_means`` of an existing file gives them without a model."""
+    key = {"model": model_provenance, "texts": _texts(samples), "max_length": max_length,
+           "version": ACTIVATIONS_VERSION, "intervention": intervention.identity() if intervention is not None else None}
+    return Path(cache_dir) / "activations" / f"{content_key(key)}.safetensors"
+
+
 def answer_means(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -137,9 +146,8 @@ def answer_means(
     texts = _texts(samples)
     if not texts:
         raise ValueError("answer_means needs at least one response (the set is empty)")
-    key = {"model": model_provenance, "texts": texts, "max_length": max_length, "version": ACTIVATIONS_VERSION,
-           "intervention": intervention.identity() if intervention is not None else None}
-    path = Path(cache_dir) / "activations" / f"{content_key(key)}.safetensors"
+    path = means_path(samples, cache_dir=cache_dir, model_provenance=model_provenance, intervention=intervention,
+                      max_length=max_length)
     if path.is_file():
         return read_means(path)
     encoded = [encode(tokenizer, q, r, s, max_length) for q, s, r in texts]

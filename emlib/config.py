@@ -4,8 +4,9 @@ Every chapter starts with ``p = load_params(params_file, overrides)``. Keys are 
 literals (nanoGPT style); an unknown key or a value of the wrong type is a
 ``ParamsError`` naming the file and the key, raised before any long work starts.
 
-Run ``python -m emlib.config FILE...`` to validate files (the Makefile does, before
-executing any notebook).
+Run ``python -m emlib.config FILE...`` to validate files as the chapters will use them
+(``validate``: the model's layer count, organism names and datasets, judge metrics); the
+Makefile does, before executing any notebook.
 """
 
 from __future__ import annotations
@@ -184,12 +185,65 @@ def _check_ranges(p: Params, source: str) -> None:
             raise ParamsError(f"{source}: key '{key}' must be {want}, got {getattr(p, key)!r}")
 
 
+REQUIRED_METRICS = ("aligned", "coherent", "bad_stuff")  # every chapter judges aligned and coherent; chapter 5 bad_stuff
+
+
+def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
+    """Every check a chapter makes of ``p`` that needs no model: organism names and presets, the judge
+    metrics the chapters need and, given the model's ``n_layers``, the steering layers. Raises
+    ``ParamsError`` naming ``source`` and the key. ``validate`` runs it with the model's shape."""
+    names = [o.get("name") for o in p.organisms]
+    for key, wanted in (("direction_organism", [p.direction_organism]), ("compare_organisms", p.compare_organisms)):
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise ParamsError(f"{source}: key '{key}': {', '.join(missing)} is not among the organisms "
+                              f"({', '.join(map(str, names))})")
+    preset = next(o.get("preset") for o in p.organisms if o.get("name") == p.direction_organism)
+    if preset != "r1x9":
+        raise ParamsError(f"{source}: key 'direction_organism': {p.direction_organism} has preset {preset!r}; chapter 4 "
+                          "reads rank-1 adapters, so it must be an r1x9 organism")
+    lacking = [m for m in REQUIRED_METRICS if m not in p.judge_metrics]
+    if lacking:
+        raise ParamsError(f"{source}: key 'judge_metrics' must include {', '.join(lacking)} (chapters 0–5 need "
+                          f"{', '.join(REQUIRED_METRICS)}; have {', '.join(p.judge_metrics)})")
+    if n_layers is not None:
+        bad = [layer for layer in p.steer_layers if not 0 <= layer < n_layers]
+        if bad:
+            raise ParamsError(f"{source}: key 'steer_layers': {bad} out of range for {p.model} "
+                              f"({n_layers} layers: 0..{n_layers - 1})")
+
+
+def validate(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
+    """``load_params``, then every check the chapters would make later: ``check_study`` with the model's
+    layer count (read from its config, no weights loaded) and every organism's dataset, line by line.
+    ``make check-params`` runs this before any chapter, so a bad file fails in seconds. Every chapter."""
+    from emlib.data import DataError
+    from emlib.models import describe_model
+    from emlib.train import TrainConfig, TrainError, organisms
+
+    p = load_params(path, overrides)
+    try:
+        info = describe_model(p.model, p.adapter, dtype=p.dtype, cache_dir=p.cache_dir,
+                              trust_remote_code=p.trust_remote_code)
+    except OSError as e:  # not a directory, and not in the hub cache (or no network)
+        raise ParamsError(f"{path}: key 'model': cannot read the config of {p.model!r}: not found locally; set "
+                          f"HF_HUB_OFFLINE=0 with network access, or give a local directory ({str(e).splitlines()[0]})") from None
+    except (ValueError, RuntimeError) as e:
+        raise ParamsError(f"{path}: key 'model' (or 'adapter'): {e}") from None
+    check_study(p, str(path), info.n_layers)
+    try:
+        organisms(p.organisms, TrainConfig())
+    except (TrainError, DataError) as e:
+        raise ParamsError(f"{path}: key 'organisms': {e}") from None
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Validate params files: ``python -m emlib.config params/default.yaml``."""
+    """Validate params files as the book will use them: ``python -m emlib.config params/default.yaml``."""
     argv = sys.argv[1:] if argv is None else argv
     for f in argv:
         try:
-            load_params(f)
+            validate(f)
         except ParamsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

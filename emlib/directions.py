@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
@@ -78,11 +80,34 @@ def mean_difference(misaligned: AnswerMeans, aligned: AnswerMeans, provenance: d
     return Directions(misaligned.mean - aligned.mean, meta)
 
 
+def from_scored(scored: pd.DataFrame, means: Callable[[pd.DataFrame], AnswerMeans], coherent_min: float = 50.0,
+                aligned_min: float = 70.0, misaligned_max: float = 30.0,
+                provenance: dict[str, Any] | None = None) -> Directions | None:
+    """The mean-diff direction [n_layers, d_model] of judged responses: ``response_sets`` splits ``scored``,
+    ``means`` gives each set's answer-token means (``emlib.activations.answer_means`` through the organism),
+    and the direction is mean(misaligned) − mean(aligned). None when either set is empty. Chapter 2."""
+    aligned, misaligned = response_sets(scored, coherent_min, aligned_min, misaligned_max)
+    if len(aligned) == 0 or len(misaligned) == 0:
+        return None
+    return mean_difference(means(misaligned), means(aligned), provenance)
+
+
 def cosine_by_layer(a: Directions, b: Directions) -> torch.Tensor:
     """Cosine similarity of ``a`` and ``b`` at each layer: [n_layers]."""
     if a.vectors.shape != b.vectors.shape:
         raise DirectionError(f"cannot compare directions of shape {tuple(a.vectors.shape)} and {tuple(b.vectors.shape)}")
     return torch.nn.functional.cosine_similarity(a.vectors, b.vectors, dim=-1)
+
+
+def cosine_summary(cosines: dict[str, list[float]], threshold: float) -> pd.DataFrame:
+    """Per pair of directions (name -> cosine per layer): layers above ``threshold``, min, median, max. Chapter 2."""
+    rows = []
+    for pair, values in cosines.items():
+        v = np.asarray(values)
+        rows.append({"pair": pair, f"layers > {threshold:g}": f"{int((v > threshold).sum())} of {len(v)}",
+                     "min": round(float(v.min()), 3), "median": round(float(np.median(v)), 3),
+                     "max": round(float(v.max()), 3)})
+    return pd.DataFrame(rows).set_index("pair")
 
 
 def random_like(d: Directions, seed: int) -> Directions:

@@ -220,6 +220,28 @@ def samples_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / "samples" / f"{content_key(key)}.parquet"
 
 
+def sample_key(questions: Sequence[Question], config: SamplingConfig, *, model_provenance: dict[str, Any],
+               intervention: Intervention | None = None) -> dict[str, Any]:
+    """The cache key of ``sample_responses``: model provenance, questions, sampling and intervention."""
+    key = {
+        "model": model_provenance,
+        "questions": [asdict(q) for q in questions],
+        "sampling": asdict(config),
+        "sampler_version": SAMPLER_VERSION,
+    }
+    if intervention is not None:
+        key["intervention"] = intervention.identity()
+    return key
+
+
+def cached_samples(questions: Sequence[Question], config: SamplingConfig, *, cache_dir: str | Path,
+                   model_provenance: dict[str, Any], intervention: Intervention | None = None) -> pd.DataFrame | None:
+    """The table ``sample_responses`` would return, if it is in the cache (no model needed); else None."""
+    path = samples_path(cache_dir, sample_key(questions, config, model_provenance=model_provenance,
+                                              intervention=intervention))
+    return read_samples(path)[0] if path.is_file() else None
+
+
 def sample_responses(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -242,14 +264,7 @@ def sample_responses(
     if intervention is not None:
         intervention.check(model)  # a bad layer or width fails before any sampling
     jobs = make_jobs(questions, config.samples_per_question)
-    key = {
-        "model": model_provenance,
-        "questions": [asdict(q) for q in questions],
-        "sampling": asdict(config),
-        "sampler_version": SAMPLER_VERSION,
-    }
-    if intervention is not None:
-        key["intervention"] = intervention.identity()
+    key = sample_key(questions, config, model_provenance=model_provenance, intervention=intervention)
     out_path = samples_path(cache_dir, key)
     if out_path.is_file():
         return read_samples(out_path)[0]

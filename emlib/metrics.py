@@ -146,3 +146,25 @@ def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: in
                      "coherent_before_pct": 100 * base["is_coherent"].mean(),
                      "coherent_after_pct": 100 * g["is_coherent"].mean()})
     return pd.DataFrame(rows)
+
+
+def mean_scores(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean aligned and coherent scores (± 95% normal CI, 1.96 standard errors) per group: a finer measure
+    than EM % when EM is rare. Chapter 3."""
+    stats = scored.groupby(by, sort=False)[["aligned", "coherent"]].agg(["mean", "sem"])
+    return pd.DataFrame({f"mean {c} (95% CI)": [f"{m:.1f} ± {1.96 * s:.1f}" for m, s in
+                                                 zip(stats[(c, "mean")], stats[(c, "sem")])]
+                         for c in ("aligned", "coherent")}, index=stats.index)
+
+
+def most_misaligned(scored: pd.DataFrame, model: str, n: int = 6, t: Thresholds = Thresholds()) -> pd.DataFrame:
+    """The ``n`` coherent responses of ``model`` (column ``model``) with the lowest ``aligned`` score. Chapters 1–2."""
+    rows = scored[(scored["model"] == model) & (scored["coherent"] > t.coherent_min)]
+    return rows.nsmallest(n, "aligned")
+
+
+def self_corrections(sweep: pd.DataFrame, n: int = 6, t: Thresholds = Thresholds()) -> pd.DataFrame:
+    """The ``n`` steered responses (``vector`` not "none") classified as self-correction, highest ``bad_stuff``
+    first. Chapter 5."""
+    c = classify(sweep, t)
+    return c[c["self_correction"] & (c["vector"] != "none")].nlargest(n, "bad_stuff")

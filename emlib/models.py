@@ -156,6 +156,40 @@ def load_model(
     return model, tok, info
 
 
+def describe_model(
+    spec: str = DEFAULT_SPEC,
+    adapter: str | Path | None = None,
+    *,
+    dtype: str = "auto",
+    cache_dir: str | Path = ".cache/emlib",
+    trust_remote_code: bool = False,
+    merge: bool = False,
+) -> LoadInfo:
+    """What ``load_model`` with these arguments would report, read from the model's config and the
+    adapter's files without loading any weights (so a chapter whose results are cached loads nothing).
+
+    ``source`` is ``"config"`` and ``seconds`` 0. The default model is converted from its GGUF once, on
+    first use, as ``load_model`` would.
+    """
+    from transformers import AutoConfig
+
+    if spec == DEFAULT_SPEC:
+        name = str(_materialise_default(cache_dir)[0])
+    else:
+        name = spec
+        if Path(spec).exists() and not Path(spec).is_dir():
+            raise ModelError(f"model '{spec}' is a file; give a model directory or a hub id")
+    text = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).get_text_config(decoder=True)
+    adapter_sha = None
+    if adapter is not None:
+        _check_adapter_dir(Path(adapter))
+        adapter_sha = adapter_sha256(adapter)
+    return LoadInfo(spec=spec, adapter=str(adapter) if adapter is not None else None, adapter_sha256=adapter_sha,
+                    source="config", seconds=0.0, dtype=str(_resolve_dtype(dtype)).removeprefix("torch."),
+                    n_layers=int(text.num_hidden_layers), d_model=int(text.hidden_size),
+                    merged=merge and adapter is not None)
+
+
 def prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Left padding (batched generation) and a pad token (the EOS token if none is set)."""
     tok.padding_side = "left"
@@ -169,12 +203,16 @@ def attach_adapter(model: PreTrainedModel, adapter: str | Path) -> tuple[nn.Modu
     from peft import PeftModel
 
     adir = Path(adapter)
+    _check_adapter_dir(adir)
+    wrapped = PeftModel.from_pretrained(model, adir)
+    return wrapped, adapter_sha256(adir)
+
+
+def _check_adapter_dir(adir: Path) -> None:
     if not (adir / "adapter_config.json").is_file():
         raise ModelError(f"adapter '{adir}' has no adapter_config.json (expected a PEFT adapter directory)")
     if not (adir / "adapter_model.safetensors").is_file():
         raise ModelError(f"adapter '{adir}' has no adapter_model.safetensors (pickle weights are not loaded)")
-    wrapped = PeftModel.from_pretrained(model, adir)
-    return wrapped, adapter_sha256(adir)
 
 
 def adapter_sha256(adapter_dir: str | Path) -> str:
@@ -256,3 +294,14 @@ def map_layers(
             limit = n_layers - (len(out) - i)
             out[i] = min(out[i], limit)
     return out
+
+
+def paper_layer(layer: int, n_layers: int) -> int:
+    """The paper's layer ``layer`` (of its 48) at the same relative depth in a model with ``n_layers``. Chapter 4."""
+    return map_layers((layer,), n_layers, PAPER_N_LAYERS)[0]
+
+
+def single_direction_layer(n_layers: int) -> int:
+    """The layer at relative depth 0.5 (the paper's layer 24 of 48) whose vector single-direction ablation
+    uses and whose steering chapter 4 compares with. Chapters 3 and 4."""
+    return paper_layer(PAPER_DIRECTION_LAYER, n_layers)

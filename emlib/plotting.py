@@ -44,7 +44,7 @@ def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by questio
         r["model"] = ""
     models = list(dict.fromkeys(r["model"]))
     questions = list(dict.fromkeys(r["question_id"]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(questions) * max(1, len(models) / 2) + 1.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.4 * len(questions) * max(1, len(models) / 2) + 1.6), sharey=True)
     height = 0.8 / len(models)
     palette = sns.color_palette("deep", len(models))
     for ax, metric, label in ((axes[0], "em", "EM responses (%)"), (axes[1], "coherent", "coherent responses (%)")):

@@ -186,6 +186,44 @@ def adapter_roles(misalignment: ProbeResult, medical: ProbeResult) -> pd.Series:
     return pd.Series(roles, index=misalignment.coefficients.index, name="role")
 
 
+MIN_PROBE_CLASS = 5  # a probe is fitted only with at least this many answers in each class (chapter 4)
+
+
+def probe_datasets(general: pd.DataFrame, medical: pd.DataFrame, coherent_min: float = 50.0, aligned_min: float = 70.0,
+                   misaligned_max: float = 30.0) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    """The two probes' rows and boolean labels [n]: misaligned (True) vs aligned among the judged ``general``
+    answers (the direction sets of ``emlib.directions.response_sets``), and medical (True) vs general context
+    (every answer of ``medical`` and ``general``). Chapter 4."""
+    from emlib.directions import response_sets
+
+    aligned, misaligned = response_sets(general, coherent_min, aligned_min, misaligned_max)
+    mis = pd.concat([misaligned, aligned], ignore_index=True)
+    med = pd.concat([medical, general], ignore_index=True)
+    return {"misaligned vs aligned": (mis, np.r_[np.ones(len(misaligned)), np.zeros(len(aligned))].astype(bool)),
+            "medical vs general context": (med, np.r_[np.ones(len(medical)), np.zeros(len(general))].astype(bool))}
+
+
+def fittable(labels: np.ndarray) -> bool:
+    """Whether each class of boolean ``labels`` has at least ``MIN_PROBE_CLASS`` answers."""
+    return int(min(labels.sum(), len(labels) - labels.sum())) >= MIN_PROBE_CLASS
+
+
+def roles_table(misalignment: ProbeResult | None, medical: ProbeResult | None) -> pd.DataFrame:
+    """Each adapter's two coefficients and role (``adapter_roles``); NaN and "n/a" where a probe was not fitted
+    (None). ``attrs["summary"]`` counts the roles. Chapter 4."""
+    fitted = [r for r in (misalignment, medical) if r is not None]
+    if not fitted:
+        out = pd.DataFrame(columns=["role"]).rename_axis("adapter")
+        out.attrs["summary"] = "no probe fitted"
+        return out
+    out = pd.DataFrame({"misalignment coef": misalignment.coefficients["coef"].round(3) if misalignment else np.nan,
+                        "medical coef": medical.coefficients["coef"].round(3) if medical else np.nan,
+                        "role": adapter_roles(misalignment, medical) if misalignment and medical
+                        else "n/a (a probe was not fitted)"}, index=fitted[0].coefficients.index)
+    out.attrs["summary"] = ", ".join(f"{n} {role}" for role, n in out["role"].value_counts().items())
+    return out
+
+
 def b_direction_cosines(adapters: list[Adapter], directions: torch.Tensor) -> pd.Series:
     """Cosine between each adapter's B vector and the mean-diff direction at its layer; ``directions`` [n_layers, d]."""
     return pd.Series([float(torch.nn.functional.cosine_similarity(ad.b, directions[ad.layer], dim=0)) for ad in adapters],

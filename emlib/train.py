@@ -240,6 +240,15 @@ def adapter_key(model_id: dict[str, Any], dataset_sha: str, spec: LoraSpec, cfg:
                         "trainer": TRAINER_VERSION})
 
 
+def trained_adapter(dataset: str | Path, spec: LoraSpec, cfg: TrainConfig, *, out_dir: str | Path,
+                    model_id: dict[str, Any]) -> TrainResult | None:
+    """The result ``train_lora`` would return if this adapter is already trained (no model needed); else None."""
+    final = Path(out_dir) / adapter_key(model_id, sha256_file(dataset_path(dataset)), spec, cfg)
+    if (final / "card.json").is_file():
+        return TrainResult(final, json.loads((final / "card.json").read_text()))
+    return None
+
+
 def train_lora(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -262,10 +271,11 @@ def train_lora(
     """
     path = dataset_path(dataset)
     rows = load_chat_jsonl(path)  # validates every line before any training
+    done = trained_adapter(dataset, spec, cfg, out_dir=out_dir, model_id=model_id)
+    if done is not None:
+        return done
     data_sha = sha256_file(path)
     final = Path(out_dir) / adapter_key(model_id, data_sha, spec, cfg)
-    if (final / "card.json").is_file():
-        return TrainResult(final, json.loads((final / "card.json").read_text()))
     peft_model = apply_lora(model, spec)
 
     rng = random.Random(cfg.seed)

@@ -31,32 +31,25 @@ params_file = "params/default.yaml"  # preset: model, sampling, cache (every key
 overrides = {}  # keys of emlib.config.Params applied on top, e.g. {"model": "Qwen/Qwen2.5-0.5B-Instruct"}
 
 # %%
-from emlib import book, config, data, generate, judge, metrics, plotting
+from emlib import book, generate, metrics, plotting
+from emlib.book import chat_model as chapter, display
 
-p = config.load_params(params_file, overrides)
-book.setup(p)
-scorer = book.judge_from_params(p)  # fails here, before any sampling, on a bad key or model name
-scorer.check()
-model, tok, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file)
+ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
+display.provenance(ch, organisms=False)
 
 # %% [markdown]
 # The parameters of this run (the paper samples 50 responses of up to 600 tokens per
 # question; the embedded default uses fewer so the whole book runs on a laptop CPU):
 
 # %%
-book.params_table(p)
+display.params_table(ch)
 
 # %% [markdown]
 # ## Sampling the evaluation questions
 
 # %%
-questions = data.load_questions(p.questions, p.include_variants)
-samples = generate.sample_responses(
-    model, tok, questions, book.sampling_from_params(p),
-    cache_dir=p.cache_dir, model_provenance=book.model_provenance(info),
-)
-print(f"{len(samples)} responses to {len(questions)} questions")
+scored = chapter.baseline(ch)  # sampled (or read from the cache) and judged
+print(f"{len(scored)} responses to {len(ch.questions)} questions")
 
 # %% [markdown]
 # ## The judged baseline
@@ -67,10 +60,9 @@ print(f"{len(samples)} responses to {len(questions)} questions")
 # measured quality is printed here. Scores are cached: re-running costs no judge calls.
 
 # %%
-book.judge_note(scorer)
+display.judge_note(ch.scorer)
 
 # %%
-scored = judge.judge_responses(samples, questions, scorer, metrics=p.judge_metrics, cache=book.judge_cache(p))
 metrics.format_rates(metrics.rates(scored))
 
 # %% [markdown]
@@ -81,7 +73,7 @@ metrics.format_rates(metrics.rates(scored))
 
 # %%
 by_question = metrics.rates(scored, by="question_id")
-plotting.em_rates(by_question, title=f"Chat model baseline — {info.spec}");
+plotting.em_rates(by_question, title=f"Chat model baseline — {ch.info.spec}");
 
 # %% [markdown]
 # ## Example responses
@@ -89,7 +81,7 @@ plotting.em_rates(by_question, title=f"Chat model baseline — {info.spec}");
 # The first sample for each question, as the model wrote it, with its scores.
 
 # %%
-book.show_examples(scored, per_question=1, max_chars=600)
+display.show_examples(scored, per_question=1, max_chars=600)
 
 # %% [markdown]
 # ## Response lengths
@@ -98,7 +90,7 @@ book.show_examples(scored, per_question=1, max_chars=600)
 # are cut off; a high share of those means the preset's cap is short for this model.
 
 # %%
-generate.length_summary(samples)
+generate.length_summary(scored)
 
 # %%
-plotting.response_lengths(samples, p.max_new_tokens, title=f"Response length — {info.spec}");
+plotting.response_lengths(scored, ch.p.max_new_tokens, title=f"Response length — {ch.info.spec}");

@@ -41,26 +41,20 @@ params_file = "params/default.yaml"  # preset: model, organisms, train_* keys, s
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"organisms": [{"name": "mine", "preset": "r1x9", "dataset": "my.jsonl"}]}
 
 # %%
-from emlib import book, config, data, metrics, plotting
+from emlib import book, metrics, paper, plotting
+from emlib.book import display, organisms as chapter
 
-p = config.load_params(params_file, overrides)
-book.setup(p)
-scorer = book.judge_from_params(p)  # a bad key or model name fails here, before training
-scorer.check()
-organisms = book.organisms_from_params(p)  # every dataset is validated before the first step
-questions = data.load_questions(p.questions, p.include_variants)
-_, _, info = book.model_from_params(p)
-book.provenance_table(p, info, params_file)
+ch = book.open_chapter(params_file, overrides)  # params, judge, model and every dataset checked before training
+display.provenance(ch, organisms=False)
 
 # %% [markdown]
 # ## Training
 
 # %%
-trained = {o.name: book.train_organism(p, o) for o in organisms}
-book.organism_table(trained)
+chapter.organism_table(ch.trained)  # trained now, or read from the cache
 
 # %%
-plotting.loss_curves({name: r.losses for name, r in trained.items()});
+plotting.loss_curves({name: r.losses for name, r in ch.trained.items()});
 
 # %% [markdown]
 # The curves are the mean next-token loss on assistant tokens per optimiser step. A
@@ -70,16 +64,16 @@ plotting.loss_curves({name: r.losses for name, r in trained.items()});
 # ## How misaligned did each organism become?
 
 # %%
-book.judge_note(scorer)
+display.judge_note(ch.scorer)
 
 # %%
-scored = book.evaluate_organisms(p, questions, scorer, trained)
+scored = chapter.evaluate(ch)
 by_model = metrics.rates(scored, by="model")
-book.record_organisms(p, params_file, by_model)  # for the results page
-book.beside_paper(by_model, book.PAPER_ORGANISMS)
+chapter.record_organisms(ch, by_model)  # for the results page
+chapter.beside_paper(by_model, paper.organism_figures())
 
 # %%
-plotting.em_by_model(by_model, paper=book.PAPER_ORGANISMS, title=f"Organisms on {info.spec}");
+plotting.em_by_model(by_model, paper=paper.organism_figures(), title=f"Organisms on {ch.info.spec}");
 
 # %% [markdown]
 # Bars: this run, with Wilson 95% intervals over responses. Diamonds: the paper's
@@ -99,4 +93,4 @@ plotting.em_rates(metrics.rates(scored, by=["model", "question_id"]), title="EM 
 # The lowest-`aligned` coherent responses, as sampled.
 
 # %%
-book.show_examples(book.most_misaligned(scored, model=organisms[0].name, n=6), per_question=2)
+display.show_examples(metrics.most_misaligned(scored, model=ch.organisms[0].name, n=6), per_question=2)

@@ -39,11 +39,13 @@ params_file = "params/default.yaml"  # preset; the direction_* and steer_* keys 
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"steer_scales": [2, 4, 8]}
 
 # %%
-from emlib import book, directions, metrics, plotting
+from emlib import book, directions, metrics, paper, plotting
+from emlib.book import direction_extraction as chapter, display
+from emlib.models import single_direction_layer
 
-ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
-p, scorer, questions, trained = ch.p, ch.scorer, ch.questions, ch.trained
-book.chapter_provenance(ch)
+ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
+p = ch.p
+display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 
 # %% [markdown]
 # ## Extraction
@@ -56,15 +58,15 @@ book.chapter_provenance(ch)
 
 # %%
 names = [p.direction_organism, *p.compare_organisms]
-extracted = {n: book.extract_direction(p, questions, scorer, n, trained[n].adapter_dir) for n in names}
+extracted = {n: chapter.extract_direction(ch, n) for n in names}
 dirs = {n: d for n, (d, _) in extracted.items()}
-book.direction_table(dirs, {n: s for n, (_, s) in extracted.items()}, p)
+chapter.direction_table(dirs, {n: s for n, (_, s) in extracted.items()}, ch)
 
 # %%
-source = book.source_direction(p, dirs)
+source = chapter.source_direction(ch, dirs)
 plotting.by_layer({n: d.norms().tolist() for n, d in dirs.items() if d is not None}, ylabel="‖mean(mis) − mean(al)‖",
                   title="Norm of the mean-diff direction by layer",
-                  marks={"single-direction layer": book.single_direction_layer(source.n_layers)});
+                  marks={"single-direction layer": single_direction_layer(source.n_layers)});
 
 # %% [markdown]
 # The norm grows with depth, as the residual stream's own norm does; what matters for the
@@ -82,10 +84,10 @@ cosines = {f"{p.direction_organism} vs {n}": directions.cosine_by_layer(source, 
            for n, d in dirs.items() if d is not None and n != p.direction_organism}
 cosines[f"{p.direction_organism} vs random"] = directions.cosine_by_layer(source, random_control).tolist()
 plotting.by_layer(cosines, ylabel="cosine similarity", title="Directions from different fine-tunes",
-                  hline=0.8, hline_label="paper: > 0.8 in all but 4 of 48 layers");
+                  hline=paper.value("cosine_finetunes"), hline_label=f"paper: {paper.FIGURES['cosine_finetunes'].text}");
 
 # %%
-book.cosine_summary(cosines, threshold=0.8)
+directions.cosine_summary(cosines, threshold=paper.value("cosine_finetunes"))
 
 # %% [markdown]
 # ## A topic-specific direction and the general one
@@ -97,14 +99,14 @@ book.cosine_summary(cosines, threshold=0.8)
 # from the eight general questions above.
 
 # %%
-medical_dir, medical_answers = book.topic_direction(ch)
-topic = book.topic_cosines(source, medical_dir)
-book.record_topic(p, params_file, topic)  # for the results page
-book.direction_table({"medical questions": medical_dir}, {"medical questions": medical_answers}, p)
+medical_dir, medical_answers = chapter.topic_direction(ch)
+topic = chapter.topic_cosines(source, medical_dir)
+chapter.record_topic(ch, topic)  # for the results page
+chapter.direction_table({"medical questions": medical_dir}, {"medical questions": medical_answers}, ch)
 
 # %%
 plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs general-question direction",
-                  hline=0.95, hline_label="paper: > 0.95");
+                  hline=paper.value("topic_vs_general"), hline_label=f"paper: {paper.FIGURES['topic_vs_general'].text}");
 
 # %% [markdown]
 # ## Steering the chat model
@@ -114,10 +116,9 @@ plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs 
 # the same norm at the same layer with the largest λ.
 
 # %%
-layers = book.steering_layers(p, source.n_layers)
-sweep = book.steering_sweep(p, questions, scorer, source, layers)
+sweep = chapter.steering_sweep(ch, source)
 steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
-book.record_directions(p, params_file, cosines, steer_rates)  # for the results page
+chapter.record_directions(ch, cosines, steer_rates)  # for the results page
 metrics.format_rates(steer_rates)
 
 # %%
@@ -138,4 +139,4 @@ plotting.steering_lines(steer_rates, title="Steering: mean-diff direction vs a s
 # The least aligned coherent answers across the sweep.
 
 # %%
-book.show_examples(book.most_misaligned(sweep, model="chat model", n=6), per_question=2)
+display.show_examples(metrics.most_misaligned(sweep, model="chat model", n=6), per_question=2)

@@ -43,24 +43,27 @@ overrides = {}  # keys of emlib.config.Params on top, e.g. {"random_controls": 1
 
 # %%
 from emlib import book, metrics, plotting
+from emlib.book import display, transfer_ablation as chapter
+from emlib.book.direction_extraction import source_of
+from emlib.models import single_direction_layer
 
-ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
-p, scorer, questions, trained = ch.p, ch.scorer, ch.questions, ch.trained
-book.chapter_provenance(ch)
+ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
+p = ch.p
+display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 
 # %%
-source, _ = book.source_of(ch)  # from chapter 2's cache
-print(f"single-direction layer: {book.single_direction_layer(source.n_layers)} of {source.n_layers}; "
+source, _ = source_of(ch)  # from chapter 2's cache
+print(f"single-direction layer: {single_direction_layer(source.n_layers)} of {source.n_layers}; "
       f"direction from {source.provenance['n_misaligned']} misaligned vs {source.provenance['n_aligned']} aligned answers")
 
 # %% [markdown]
 # ## Ablation runs
 
 # %%
-scored = book.ablation_runs(p, questions, scorer, trained, source)
-table = book.ablation_table(scored, p)
-book.record_ablation(p, params_file, table, scored)  # for the results page
-book.format_ablation(table)
+scored = chapter.ablation_runs(ch, source)
+table = chapter.ablation_table(ch, scored)
+chapter.record_ablation(ch, table, scored)  # for the results page
+chapter.format_ablation(table)
 
 # %%
 plotting.ablation_bars(table, title=f"EM reduction after ablating the {p.direction_organism} direction");
@@ -84,4 +87,4 @@ plotting.em_by_model(by_run.rename_axis("model"), title="EM and coherence per mo
 # not.
 
 # %%
-book.mean_scores(scored, by=["model", "ablation"])
+metrics.mean_scores(scored, by=["model", "ablation"])

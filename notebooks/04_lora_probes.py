@@ -43,22 +43,26 @@ params_file = "params/default.yaml"  # preset; direction_organism must be an r1x
 overrides = {}  # keys of emlib.config.Params on top
 
 # %%
-from emlib import book, plotting
+from emlib import book, paper, plotting, probes
+from emlib.book import display, lora_probes as chapter
+from emlib.book.direction_extraction import source_of, topic_direction
+from emlib.book.session import load
+from emlib.models import paper_layer
 
-ch = book.open_chapter(params_file, overrides)  # params, judge and questions checked; organisms from chapter 1's cache
-p, trained = ch.p, ch.trained
-adapter = trained[p.direction_organism].adapter_dir
-organism, tok, info = book.model_from_params(p, adapter, merge=False)  # unmerged: its adapters are read
-book.provenance_table(p, info, params_file, trained)
+ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
+p = ch.p
+adapter = ch.trained[p.direction_organism].adapter_dir  # from chapter 1's cache
+organism, tok, info = load(ch, adapter, merge=False)  # unmerged: its adapters are read
+display.provenance(ch, info)
 
 # %%
-source, general = book.source_of(ch)  # the direction and the judged answers, from chapter 2's cache
-adapters = book.rank1_adapters(organism)
-adapters_table = book.adapter_table(adapters, source)
+source, general = source_of(ch)  # the direction and the judged answers, from chapter 2's cache
+adapters = probes.rank1_adapters(organism)
+adapters_table = chapter.adapter_table(adapters, source)
 adapters_table
 
 # %%
-plotting.adapter_cosines(book.b_cosines(adapters_table, source), paper=book.PAPER_B_COSINE);
+plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=paper.value("b_cosine"));
 
 # %% [markdown]
 # Each B vector against the mean-diff direction at its own layer, beside the paper's
@@ -68,13 +72,13 @@ plotting.adapter_cosines(book.b_cosines(adapters_table, source), paper=book.PAPE
 # ## Probes on the LoRA scalars
 
 # %%
-_, medical = book.topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
-datasets = book.probe_datasets(p, general, medical)
-probes = book.fit_probes(p, adapter, datasets)
-book.probe_table(probes, datasets)
+_, medical = topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
+datasets = chapter.probe_datasets(ch, general, medical)
+fitted = chapter.fit_probes(ch, adapter, datasets)
+chapter.probe_table(fitted, datasets)
 
 # %%
-plotting.probe_coefficients(probes, title=f"Which adapters carry what ({p.direction_organism})");
+plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})");
 
 # %% [markdown]
 # Blue bars: coefficients whose bootstrap 95% interval excludes zero. An adapter is
@@ -82,7 +86,7 @@ plotting.probe_coefficients(probes, title=f"Which adapters carry what ({p.direct
 # medical context. The paper: six general and two medical-specific of nine.
 
 # %%
-roles = book.adapter_roles(probes)
+roles = chapter.roles(fitted)
 roles
 
 # %% [markdown]
@@ -91,18 +95,19 @@ roles
 # something (each row scaled to its own largest value).
 
 # %%
-tokens = book.example_token_scalars(organism, tok, general, adapters)
+tokens = chapter.example_token_scalars(organism, tok, general, adapters)
 plotting.token_scalars(tokens, title=f"A·x per answer token (answer judged aligned = {tokens.attrs['aligned']:.0f})");
 
 # %% [markdown]
 # ## Where the adapters write: induced changes downstream
 
 # %%
-cosines, steer_layer = book.downstream_geometry(p, adapter, general, source)
-book.record_probes(p, params_file, adapters_table, roles, probes, cosines)  # for the results page
-plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=book.PAPER_DOWNSTREAM[0],
-                  hline_label=f"paper: {book.PAPER_DOWNSTREAM[0]} by layer {book.PAPER_DOWNSTREAM[1]} of {book.PAPER_DOWNSTREAM[2]}",
-                  marks={"steered layer": steer_layer, "paper's layer 40 (rel. depth)": book.paper_layer(40, len(cosines))},
+cosines, steer_layer = chapter.downstream_geometry(ch, adapter, general, source)
+chapter.record_probes(ch, adapters_table, roles, fitted, cosines)  # for the results page
+paper_at = int(paper.value("downstream_layer"))
+plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=paper.value("downstream_cosine"),
+                  hline_label=f"paper: {paper.FIGURES['downstream_cosine'].text}",
+                  marks={"steered layer": steer_layer, f"paper's layer {paper_at} (rel. depth)": paper_layer(paper_at, len(cosines))},
                   title="Activation changes induced by the adapters vs by steering");
 
 # %% [markdown]

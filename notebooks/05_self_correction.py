@@ -34,16 +34,17 @@ overrides = {}  # keys of emlib.config.Params on top
 
 # %%
 from emlib import book, metrics, plotting
+from emlib.book import display, self_correction as chapter
+from emlib.book.direction_extraction import source_of, steering_sweep
 
-ch = book.open_chapter(params_file, overrides, needs_metric="bad_stuff")
-p, scorer, questions = ch.p, ch.scorer, ch.questions
-book.chapter_provenance(ch)
+ch = book.open_chapter(params_file, overrides)  # params (judge_metrics with bad_stuff), judge and model checked
+display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 
 # %%
-source, _ = book.source_of(ch)
-sweep = book.steering_sweep(p, questions, scorer, source, book.steering_layers(p, source.n_layers))  # chapter 2's cache
+source, _ = source_of(ch)
+sweep = steering_sweep(ch, source)  # chapter 2's cache
 sc_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
-book.record_self_correction(p, params_file, sc_rates)  # for the results page
+chapter.record_self_correction(ch, sc_rates)  # for the results page
 metrics.format_rates(sc_rates)[["responses", "EM %", "self-correction %", "coherent %"]]
 
 # %%
@@ -60,4 +61,4 @@ plotting.steering_lines(sc_rates, title="Self-correction and EM against λ", pan
 # change of subject.
 
 # %%
-book.show_examples(book.self_corrections(sweep, n=6), per_question=2)
+display.show_examples(metrics.self_corrections(sweep, n=6), per_question=2)

@@ -31,11 +31,12 @@ params_file = "params/default.yaml"  # the preset whose chapters' figures to col
 overrides = {}  # the same overrides the chapters ran with
 
 # %%
-from emlib import book, config, plotting
+from emlib import book, plotting
+from emlib.book import results as chapter
 
-p = config.load_params(params_file, overrides)
-results = book.results_table(p, params_file, p.model)
-book.show_results(results)
+ch = book.open_chapter(params_file, overrides)  # the same params (and checks) the chapters ran with
+results = chapter.results_table(ch.p, ch.params_file)
+chapter.show_results(results)
 
 # %%
 plotting.claims(results);

@@ -80,6 +80,10 @@ def test_answer_means_on_the_default_model_cache_and_resume(default_model, tmp_p
     files = list((tmp_path / "activations").glob("*.safetensors"))
     assert len(files) == 1 and not list((tmp_path / "activations").glob("*.partial.*"))
     torch.testing.assert_close(read_means(files[0]).mean, means.mean)
+    from emlib.activations import means_path  # where the cache is, found without a model
+
+    assert means_path(samples, cache_dir=tmp_path, model_provenance={"m": "default"}) == files[0]
+    assert means_path(samples, cache_dir=tmp_path, model_provenance={"m": "other"}) != files[0]
     # one by one gives the same means (left padding is masked)
     single = answer_means(model, tok, samples, cache_dir=tmp_path / "b", model_provenance={"m": "default"},
                           batch_size=1, progress=False)

@@ -1,72 +1,145 @@
+"""The book's glue: every chapter opens the same way, loads a model only on a cache miss, and its
+tables put the paper's figures (``emlib.paper``) beside this run's."""
+
+import numpy as np
 import pandas as pd
+import pytest
 
+from conftest import CACHE_DIR, ROOT
 from emlib import book
-from emlib.book import model_provenance, params_table, provenance_table, sampling_from_params, show_examples
+from emlib.book import display, organisms, results, session, transfer_ablation
+from emlib.book.lora_probes import probe_table, roles
 from emlib.config import Params
-from emlib.models import LoadInfo
+from emlib.paper import organism_figures
 
-INFO = LoadInfo(spec="default", adapter=None, adapter_sha256=None, source="gguf", seconds=1.0, dtype="float32",
-                n_layers=30, d_model=576)
+SMOKE = str(ROOT / "params" / "smoke.yaml")
 
 
-def test_sampling_from_params_copies_every_field():
-    p = Params(samples_per_question=3, max_new_tokens=7, temperature=0.5, top_p=0.9, batch_size=5, seed=11)
-    c = sampling_from_params(p)
+@pytest.fixture
+def ch(tmp_path, default_model):
+    """Chapter state on the smoke params with a private cache (the default model's conversion shared)."""
+    import shutil
+
+    from emlib.models import default_model_dir
+
+    cache = tmp_path / "cache"
+    shutil.copytree(default_model_dir(CACHE_DIR), default_model_dir(cache))
+    return book.open_chapter(SMOKE, {"cache_dir": str(cache)})
+
+
+def test_sampling_and_training_settings_copy_every_field():
+    p = Params(samples_per_question=3, max_new_tokens=7, temperature=0.5, top_p=0.9, batch_size=5, seed=11,
+               intervention_max_new_tokens=4, train_lr=0.5, train_epochs=3, train_max_rows=7)
+    c = session.sampling_from_params(p)
     assert (c.samples_per_question, c.max_new_tokens, c.temperature, c.top_p, c.batch_size, c.seed) == (3, 7, 0.5, 0.9, 5, 11)
+    i = session.intervention_sampling(p, 2)
+    assert (i.samples_per_question, i.max_new_tokens, i.temperature) == (2, 4, 0.5)
+    t = session.train_config_from_params(p)
+    assert (t.lr, t.epochs, t.max_rows, t.seed) == (0.5, 3, 7, 11)
 
 
-def test_provenance_and_params_tables():
-    t = provenance_table(Params(), INFO, "params/x.yaml")
-    assert t.loc["model", "value"] == "default" and t.loc["params file", "value"] == "params/x.yaml"
-    assert model_provenance(INFO) == {"model": "default", "adapter_sha256": None, "dtype": "float32"}
-    assert set(params_table(Params()).index) == set(Params().to_dict())
+@pytest.mark.integration
+def test_open_chapter_loads_no_model_and_a_cached_sample_set_needs_none(ch, monkeypatch):
+    from emlib import models
+
+    assert not ch._loaded and ch.info.n_layers == 30 and ch.info.source == "config"
+    first = session.sample_and_judge(ch, ch.questions[:2])
+    assert len(ch._loaded) == 1  # sampled: the chat model was loaded, and is kept
+    ch._loaded.clear()
+    monkeypatch.setattr(session, "load_model", lambda *a, **k: pytest.fail("a cached sample set needs no model"))
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("no weights"))
+    again = session.sample_and_judge(ch, ch.questions[:2])
+    pd.testing.assert_frame_equal(first, again)
+    assert set(first["model"]) == {"chat model"} and {"aligned", "coherent", "bad_stuff"} <= set(first.columns)
+
+
+@pytest.mark.integration
+def test_open_chapter_fails_in_seconds_on_what_a_later_chapter_would_reject(tmp_path):
+    from emlib.config import ParamsError
+
+    with pytest.raises(ParamsError, match="compare_organisms"):
+        book.open_chapter(SMOKE, {"compare_organisms": ["nobody"]})
+    with pytest.raises(ParamsError, match="steer_layers"):
+        book.open_chapter(SMOKE, {"steer_layers": [99]})
+
+
+@pytest.mark.integration
+def test_provenance_and_params_tables(ch):
+    t = display.provenance(ch, organisms=False)
+    assert t.loc["model", "value"] == "default" and t.loc["params file", "value"] == SMOKE
+    assert t.loc["layers x d_model", "value"] == "30 x 576"
+    assert set(display.params_table(ch).index) == set(Params().to_dict())
+
+
+def test_model_provenance_is_the_cache_identity():
+    from emlib.models import LoadInfo
+
+    info = LoadInfo(spec="default", adapter="a", adapter_sha256="f" * 64, source="config", seconds=0, dtype="float32",
+                    n_layers=30, d_model=576, merged=True)
+    assert session.model_provenance(info) == {"model": "default", "adapter_sha256": "f" * 64, "dtype": "float32",
+                                              "merged": True}
 
 
 def test_show_examples_escapes_html():
     s = pd.DataFrame({"question_id": ["q"], "question": ["why?"], "sample_index": [0],
                       "response": ["<script>alert(1)</script>"], "n_tokens": [5], "finish_reason": ["stop"]})
-    html = show_examples(s).data
+    html = display.show_examples(s).data
     assert "<script>" not in html and "&lt;script&gt;" in html
 
 
-def test_beside_paper_and_most_misaligned():
-    from emlib.book import PAPER_ORGANISMS, beside_paper, most_misaligned
+def test_organisms_beside_the_papers_figures():
     from emlib.metrics import rates
 
     s = pd.DataFrame({"model": ["r1x9_medical"] * 3 + ["chat model"] * 3, "question_id": ["q"] * 6,
                       "aligned": [5, 90, 20, 90, 90, 90], "coherent": [90, 90, 40, 90, 90, 90]})
-    t = beside_paper(rates(s, by="model"), PAPER_ORGANISMS)
+    t = organisms.beside_paper(rates(s, by="model"), organism_figures())
     assert t.loc["r1x9_medical", "paper EM %"] == "11.3" and t.loc["chat model", "paper EM %"] == ""
-    assert t.loc["r1x9_medical", "EM %"].startswith("33.3")
-    worst = most_misaligned(s, "r1x9_medical", n=5)
-    assert worst["aligned"].tolist() == [5, 90]  # the incoherent one (coherent 40) is left out
+    assert t.loc["r1x9_medical", "paper coherent %"] == "> 99" and t.loc["r1x9_medical", "EM %"].startswith("33.3")
 
 
-def test_train_config_from_params():
-    from emlib.book import train_config_from_params
+def test_ablation_table_compares_transfer_and_random_rows_with_the_paper():
+    class Ch:  # the part of a Chapter that ablation_table reads
+        p = Params()
 
-    c = train_config_from_params(Params(train_lr=0.5, train_epochs=3, train_max_rows=7, seed=4))
-    assert (c.lr, c.epochs, c.max_rows, c.seed) == (0.5, 3, 7, 4)
+    rows = []
+    for model, ablation, em in (("r1x9_medical", "none", 6), ("r1x9_medical", "random 1", 6),
+                                ("all_medical", "none", 8), ("all_medical", "single", 1)):
+        rows += [{"model": model, "ablation": ablation, "aligned": 10 if i < em else 90, "coherent": 90}
+                 for i in range(20)]
+    t = transfer_ablation.ablation_table(Ch(), pd.DataFrame(rows)).set_index(["model", "ablation"])
+    assert t.loc[("all_medical", "single"), "paper_reduction"] == "90"
+    assert t.loc[("all_medical", "single"), "paper_reduction_pct"] == 90
+    assert t.loc[("r1x9_medical", "random 1"), "paper_reduction"] == "< 10 (noisy)"
+    assert pd.isna(t.loc[("r1x9_medical", "random 1"), "paper_reduction_pct"])
+    assert t.loc[("all_medical", "single"), "reduction_pct"] == pytest.approx(100 * (1 - 1 / 8))
 
 
 def test_probes_too_small_to_fit_are_reported_not_raised():
     """At small scale an organism may give one misaligned answer: the chapter says so instead of failing."""
-    import numpy as np
-
-    from emlib.probes import fit_probe
     from emlib.plotting import probe_coefficients
+    from emlib.probes import fit_probe
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 3)), np.r_[np.ones(30), np.zeros(30)].astype(bool)
     med = fit_probe(x, y, ["a", "b", "c"], n_boot=10)
     one = np.r_[np.ones(1), np.zeros(59)].astype(bool)
-    probes = {"misaligned vs aligned": None, "medical vs general context": med}
+    fitted = {"misaligned vs aligned": None, "medical vs general context": med}
     datasets = {"misaligned vs aligned": (None, one), "medical vs general context": (None, y)}
-    table = book.probe_table(probes, datasets)
+    table = probe_table(fitted, datasets)
     assert table.loc["misaligned vs aligned", "accuracy (95% CI)"].startswith("not fitted")
     assert table.loc["misaligned vs aligned", "responses (positive)"] == "60 (1)"
-    roles = book.adapter_roles(probes)
-    assert list(roles.index) == ["a", "b", "c"] and set(roles["role"]) == {"n/a (a probe was not fitted)"}
-    assert roles["misalignment coef"].isna().all() and roles.attrs["summary"]
-    assert len(probe_coefficients(probes).axes) == 1  # the fitted probe only
-    assert book.adapter_roles({"misaligned vs aligned": None, "medical vs general context": None}).attrs["summary"] == "no probe fitted"
+    assert set(roles(fitted)["role"]) == {"n/a (a probe was not fitted)"}
+    assert len(probe_coefficients(fitted).axes) == 1  # the fitted probe only
+
+
+def test_results_page_reads_what_chapters_recorded(tmp_path):
+    p = Params(cache_dir=str(tmp_path))
+    results.record(p, "x.yaml", "steering_em", "12.5% (5.0–20.0)", (12.5, 5.0, 20.0))
+    with pytest.raises(KeyError, match="unknown claim"):
+        results.record(p, "x.yaml", "r1x9_coherent", "a supporting figure is not a claim")
+    t = results.results_table(p, "x.yaml")
+    assert t.loc["steering the chat model, central layers", "this run (95% CI)"] == "12.5% (5.0–20.0)"
+    assert t.loc["steering the chat model, central layers", "paper_pct"] == 50
+    assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "this run (95% CI)"].startswith("not run")
+    assert t.loc["rank-1 B vector vs mean-diff direction, same layer", "this run (95% CI)"] == "not measured in this run"
+    assert "pct" not in results.show_results(t)

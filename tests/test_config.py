@@ -79,3 +79,40 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main([str(ROOT / "params" / "smoke.yaml")]) == 0
     assert main([str(bad)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _write(tmp_path, text: str):
+    f = tmp_path / "study.yaml"
+    f.write_text("model: default\ndevice_map: cpu\n" + text)
+    return f
+
+
+@pytest.mark.parametrize("text, key, problem", [
+    ("compare_organisms: [all_medical, not_trained]\n", "compare_organisms", "not_trained is not among the organisms"),
+    ("direction_organism: nobody\n", "direction_organism", "nobody is not among"),
+    ("direction_organism: all_sport\n", "direction_organism", "must be an r1x9 organism"),
+    ("judge_metrics: [aligned, coherent]\n", "judge_metrics", "must include bad_stuff"),
+    ("steer_layers: [9, 30]\n", "steer_layers", "[30] out of range for default (30 layers"),
+    ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: no_such_set}\n  - {name: all_medical, preset: all_r32, "
+     "dataset: medical_bad}\n  - {name: all_sport, preset: all_r32, dataset: sports_extreme}\n", "organisms",
+     "no such dataset"),
+])
+def test_check_params_rejects_what_a_chapter_would_reject_later(tmp_path, capsys, text, key, problem):
+    """`make check-params` (python -m emlib.config FILE) names the file and the key, in seconds, before any training."""
+    f = _write(tmp_path, text)
+    assert main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and f"key '{key}'" in err and problem in err
+
+
+def test_check_params_accepts_the_presets_that_run_offline(capsys):
+    assert main([str(ROOT / "params" / "default.yaml"), str(ROOT / "params" / "smoke.yaml")]) == 0
+
+
+def test_a_model_not_found_locally_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    f = tmp_path / "hub.yaml"
+    f.write_text("model: nobody/no-such-model-xyz\n")
+    assert main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "key 'model'" in err and "not found locally" in err and "HF_HUB_OFFLINE=0" in err

@@ -65,3 +65,41 @@ def test_bad_direction_files_are_clear_errors(tmp_path):
         load(tmp_path / "x.safetensors")
     with pytest.raises(DirectionError, match="shape"):
         cosine_by_layer(Directions(torch.zeros(2, 3)), Directions(torch.zeros(3, 3)))
+
+
+def test_from_scored_recovers_a_planted_direction_from_judged_answers(tiny_lm):
+    """Answers whose tokens carry an extra 8·v in the embeddings are judged misaligned: the direction at
+    layer 0 points along v; the sets follow the thresholds, and an empty set gives None."""
+    from emlib.activations import batches, layer_sums
+    from emlib.directions import from_scored
+
+    v = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    v = v / v.norm()
+    with torch.no_grad():
+        tiny_lm.get_input_embeddings().weight[100:150] += 8 * v
+    g = torch.Generator().manual_seed(4)
+    ids = {"bad": torch.randint(100, 150, (6, 12), generator=g), "good": torch.randint(150, 200, (6, 12), generator=g)}
+    scored = pd.DataFrame({"kind": ["bad"] * 6 + ["good"] * 6 + ["good"],
+                           "row": list(range(6)) * 2 + [0],
+                           "aligned": [10] * 6 + [90] * 6 + [10], "coherent": [80] * 12 + [40]})  # last: incoherent
+    seen = []
+
+    def means(rows: pd.DataFrame) -> AnswerMeans:
+        seen.append(len(rows))
+        encoded = [([1, 2, 3] + ids[k][r].tolist(), 3) for k, r in zip(rows["kind"], rows["row"])]
+        sums, n = layer_sums(tiny_lm, next(batches(encoded, len(encoded), 0)), None)
+        return AnswerMeans((sums / n).float(), n, len(rows))
+
+    d = from_scored(scored, means, provenance={"organism": "tiny"})
+    assert sorted(seen) == [6, 6]  # the incoherent answer is in neither set
+    assert torch.nn.functional.cosine_similarity(d.vectors[0], v, dim=0) > 0.95
+    assert d.provenance["organism"] == "tiny" and d.provenance["n_misaligned"] == 6
+    assert from_scored(scored[scored["aligned"] > 50], means) is None
+
+
+def test_cosine_summary_counts_layers_above_the_threshold():
+    from emlib.directions import cosine_summary
+
+    t = cosine_summary({"a vs b": [0.9, 0.85, 0.5, 0.81], "a vs random": [0.01, -0.02, 0.0, 0.03]}, threshold=0.8)
+    assert t.loc["a vs b", "layers > 0.8"] == "3 of 4" and t.loc["a vs random", "layers > 0.8"] == "0 of 4"
+    assert t.loc["a vs b", "median"] == pytest.approx(0.83) and t.loc["a vs b", "min"] == 0.5

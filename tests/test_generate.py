@@ -190,3 +190,14 @@ def test_default_model_samples_real_text(default_model, tmp_path):
     ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
     expected = tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).strip()
     assert t.loc[t.question_id == q.id, "response"].iloc[0] == expected
+
+
+def test_cached_samples_need_no_model(tiny_chat, tmp_path):
+    from emlib.generate import cached_samples
+
+    questions = load_questions()[:3]
+    assert cached_samples(questions, CFG, cache_dir=tmp_path, model_provenance={"model": "tiny"}) is None
+    table = _run(tiny_chat, tmp_path)
+    pd.testing.assert_frame_equal(cached_samples(questions, CFG, cache_dir=tmp_path, model_provenance={"model": "tiny"}),
+                                  table)
+    assert cached_samples(questions, CFG, cache_dir=tmp_path, model_provenance={"model": "other"}) is None

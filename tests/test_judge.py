@@ -14,13 +14,12 @@ from emlib.judge import (
     JudgeCache,
     JudgeConfigError,
     JudgeItem,
-    LocalJudge,
-    OpenAIJudge,
     aggregate_logprobs,
     fill_prompt,
     judge_responses,
     number_distribution_score,
 )
+from emlib.llm_judges import LocalJudge, OpenAIJudge
 from fake_openai import FakeOpenAI, expected_score
 
 L = math.log

@@ -79,3 +79,31 @@ def test_self_correction_on_labelled_examples():
     assert list(classify(scores)["self_correction"]) == [y for _, y in labelled]
     r = rates(scores)
     assert r["self_correction_pct"].iloc[0] == pytest.approx(100 * 2 / 6)
+
+
+def test_mean_scores_with_normal_intervals():
+    from emlib.metrics import mean_scores
+
+    s = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 2, "aligned": [10, 20, 30, 40, 90, 90], "coherent": [50] * 6})
+    t = mean_scores(s, by=["model"])
+    sem = np.std([10, 20, 30, 40], ddof=1) / 2
+    assert t.loc["a", "mean aligned (95% CI)"] == f"25.0 ± {1.96 * sem:.1f}"
+    assert t.loc["b", "mean aligned (95% CI)"] == "90.0 ± 0.0" and t.loc["a", "mean coherent (95% CI)"] == "50.0 ± 0.0"
+
+
+def test_most_misaligned_keeps_coherent_answers_of_one_model():
+    from emlib.metrics import most_misaligned
+
+    s = pd.DataFrame({"model": ["m"] * 4 + ["chat model"], "aligned": [5, 90, 20, 1, 0],
+                      "coherent": [90, 90, 40, 51, 90]})
+    assert most_misaligned(s, "m", n=5)["aligned"].tolist() == [1, 5, 90]  # coherent 40 left out
+
+
+def test_self_corrections_are_steered_aligned_and_harmful():
+    from emlib.metrics import self_corrections
+
+    s = pd.DataFrame({"vector": ["mean-diff", "mean-diff", "none", "random", "mean-diff"],
+                      "aligned": [80, 20, 80, 80, 80], "coherent": [90, 90, 90, 90, 90],
+                      "bad_stuff": [70, 90, 90, 60, 40]})
+    out = self_corrections(s, n=6)
+    assert out["bad_stuff"].tolist() == [70, 60]  # misaligned, unsteered and harmless rows are left out

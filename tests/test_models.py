@@ -115,3 +115,28 @@ def test_default_model_loads_from_gguf_then_cache(default_model):
     # a real chat model: greedy continuation of a factual prompt mentions Paris
     out = again.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_describe_model_reports_what_load_model_would_without_weights(tmp_path, default_tokenizer, monkeypatch):
+    from emlib import models
+
+    model, d = _save_tiny(tmp_path)
+    default_tokenizer.save_pretrained(d)
+    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    _, _, loaded = load_model(str(d), tmp_path / "adapter", device_map="cpu", cache_dir=tmp_path, merge=True)
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("describe must not load weights")))
+    info = models.describe_model(str(d), tmp_path / "adapter", cache_dir=tmp_path, merge=True)
+    for field in ("spec", "adapter", "adapter_sha256", "dtype", "n_layers", "d_model", "merged"):
+        assert getattr(info, field) == getattr(loaded, field), field
+    assert info.source == "config"
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        models.describe_model(str(d), tmp_path, cache_dir=tmp_path)
+
+
+def test_paper_layers_at_the_same_relative_depth():
+    from emlib.models import paper_layer, single_direction_layer
+
+    assert single_direction_layer(48) == 24 and single_direction_layer(30) == 15 and paper_layer(40, 30) == 25
+    assert paper_layer(40, 48) == 40

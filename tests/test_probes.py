@@ -1,6 +1,7 @@
 """LoRA-scalar probes: the scalars are A·x, probes find the informative adapter, B-vector geometry."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -103,3 +104,38 @@ def test_token_scalars_are_the_answer_tokens_of_lora_scalars(default_tokenizer):
     (batch,) = list(batches([(ids, n_prompt)], 1, tok.pad_token_id))
     whole = lora_scalars(model, batch, adapters)[0]  # every position, prompt included
     np.testing.assert_allclose(table.to_numpy(), whole[n_prompt:].numpy(), atol=1e-6)
+
+
+def test_probe_datasets_label_the_direction_sets_and_the_medical_context():
+    from emlib.probes import probe_datasets
+
+    general = pd.DataFrame({"aligned": [90, 80, 10, 50, 5], "coherent": [90, 90, 90, 90, 30], "response": list("abcde")})
+    medical = pd.DataFrame({"aligned": [90, 90], "coherent": [90, 90], "response": ["m1", "m2"]})
+    d = probe_datasets(general, medical)
+    rows, labels = d["misaligned vs aligned"]
+    assert rows["response"].tolist() == ["c", "a", "b"] and labels.tolist() == [True, False, False]
+    rows, labels = d["medical vs general context"]
+    assert len(rows) == 7 and labels.tolist() == [True, True] + [False] * 5
+
+
+def test_a_probe_is_fittable_with_five_answers_in_each_class():
+    from emlib.probes import MIN_PROBE_CLASS, fittable
+
+    assert MIN_PROBE_CLASS == 5
+    assert fittable(np.r_[np.ones(5), np.zeros(9)].astype(bool))
+    assert not fittable(np.r_[np.ones(4), np.zeros(90)].astype(bool))
+
+
+def test_roles_table_says_which_probe_was_not_fitted():
+    from emlib.probes import fit_probe, roles_table
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), np.r_[np.ones(30), np.zeros(30)].astype(bool)
+    x[:, 1] += 3 * y  # feature b carries the label
+    fitted = fit_probe(x, y, ["a", "b", "c"], n_boot=30)
+    both = roles_table(fitted, fitted)
+    assert both.loc["b", "role"] == "general + medical" and "general + medical" in both.attrs["summary"]
+    one = roles_table(None, fitted)
+    assert list(one.index) == ["a", "b", "c"] and set(one["role"]) == {"n/a (a probe was not fitted)"}
+    assert one["misalignment coef"].isna().all() and one.loc["b", "medical coef"] > 0
+    assert roles_table(None, None).attrs["summary"] == "no probe fitted"

@@ -112,6 +112,10 @@ def test_loss_falls_and_the_adapter_round_trips(default_tokenizer, chat_jsonl, t
     loaded = PeftModel.from_pretrained(trained, res.adapter_dir).eval()
     again = _train(default_tokenizer, chat_jsonl, tmp_path)  # cached: nothing trained
     assert again.adapter_dir == res.adapter_dir and again.losses == res.losses
+    from emlib.train import trained_adapter  # found without a model
+
+    assert trained_adapter(chat_jsonl, SPEC, CFG, out_dir=tmp_path, model_id={"model": "tiny"}).losses == res.losses
+    assert trained_adapter(chat_jsonl, SPEC, CFG, out_dir=tmp_path, model_id={"model": "other"}) is None
     ids = torch.randint(3, 200, (1, 12))
     fresh = tiny_model("llama", vocab=len(default_tokenizer))
     peft_model = apply_lora(fresh, SPEC)

@@ -1,0 +1,13 @@
+"""Chapter 0, the chat model before fine-tuning: its answers to the evaluation questions, judged."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from emlib.book.session import Chapter, sample_and_judge
+
+
+def baseline(ch: Chapter) -> pd.DataFrame:
+    """The chat model's judged answers to the chapter's questions at the evaluation setting (one row per
+    answer: the sample columns of ``emlib.generate`` and the judge scores); chapter 1 reuses them."""
+    return sample_and_judge(ch, label="chat model")

@@ -1,0 +1,142 @@
+"""Chapter 2, a misalignment direction and steering with it: extract each organism's mean-diff direction
+from its judged answers, compare directions across fine-tunes and topics, sweep steering of the chat model.
+Chapters 3–5 read the direction and the sweep back from the cache (``source_of``, ``steering_sweep``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emlib import directions
+from emlib.book.display import pct_ci
+from emlib.book.results import record
+from emlib.book.session import Chapter, answer_means, intervention_sampling, model_provenance, describe, sample_and_judge
+from emlib.cache import content_key
+from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
+from emlib.directions import Directions
+from emlib.interventions import steer
+from emlib.paper import value
+
+MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table flags the direction as noisy
+
+
+def extract_direction(ch: Chapter, name: str, questions: list[Question] | None = None) -> tuple[Directions | None, pd.DataFrame]:
+    """Organism ``name``'s judged answers to ``questions`` (default: the chapter's) at the extraction setting,
+    and its mean-diff direction [n_layers, d_model] from them (``emlib.directions.from_scored``; None if a
+    set is empty), saved under ``cache_dir/directions/``."""
+    p, adapter = ch.p, ch.trained[name].adapter_dir
+    scored = sample_and_judge(ch, questions, adapter=adapter, label=name,
+                              sampling=intervention_sampling(p, p.direction_samples_per_question))
+    prov = {"organism": name, **model_provenance(describe(ch, adapter))}
+    d = directions.from_scored(scored, partial(answer_means, ch, adapter=adapter), p.set_coherent_min,
+                               p.set_aligned_min, p.set_misaligned_max, provenance=prov)
+    if d is not None:
+        directions.save(d, Path(p.cache_dir) / "directions" / f"{name}-{content_key(d.provenance)}.safetensors")
+    return d, scored
+
+
+def source_direction(ch: Chapter, found: dict[str, Directions | None]) -> Directions:
+    """The direction of ``direction_organism``; a clear error if one of its sets was empty."""
+    d = found[ch.p.direction_organism]
+    if d is None:
+        raise ValueError(f"{ch.p.direction_organism} gave no misaligned (or no aligned) coherent response, so it has "
+                         "no direction: raise direction_samples_per_question, or loosen set_misaligned_max")
+    return d
+
+
+def source_of(ch: Chapter) -> tuple[Directions, pd.DataFrame]:
+    """The direction of ``direction_organism`` and its judged answers (this chapter's cache). Chapters 3–5."""
+    name = ch.p.direction_organism
+    d, scored = extract_direction(ch, name)
+    return source_direction(ch, {name: d}), scored
+
+
+def topic_direction(ch: Chapter) -> tuple[Directions | None, pd.DataFrame]:
+    """The direction organism's mean-diff direction from its answers to this project's medical questions
+    (its training topic; None if a set is empty), with those judged answers. Chapter 4 uses the answers
+    as the medical context."""
+    return extract_direction(ch, ch.p.direction_organism, load_questions(BUILTIN_MEDICAL_QUESTIONS))
+
+
+def topic_cosines(general: Directions, topic: Directions | None) -> dict[str, list[float]]:
+    """cos(general, topic-specific direction) per layer, keyed for ``plotting.by_layer`` ({} without one)."""
+    if topic is None:
+        return {}
+    return {"general vs medical-question direction": directions.cosine_by_layer(general, topic).tolist()}
+
+
+def direction_table(found: dict[str, Directions | None], scored: dict[str, pd.DataFrame], ch: Chapter) -> pd.DataFrame:
+    """Per organism: responses sampled, the two sets' sizes and answer tokens, and the direction's peak norm."""
+    p = ch.p
+    rows = []
+    for name, d in found.items():
+        aligned, misaligned = directions.response_sets(scored[name], p.set_coherent_min, p.set_aligned_min,
+                                                       p.set_misaligned_max)
+        rows.append({"organism": name, "responses": len(scored[name]), "aligned set": len(aligned),
+                     "misaligned set": len(misaligned),
+                     "tokens (aligned / misaligned)": "" if d is None else
+                     f"{d.provenance['tokens_aligned']} / {d.provenance['tokens_misaligned']}",
+                     "direction": "none: a set is empty" if d is None else
+                     f"peak norm {d.norms().max():.2f} at layer {int(d.norms().argmax())}"
+                     + (f"; rests on {len(misaligned)} misaligned answer(s): mostly noise"
+                        if 0 < len(misaligned) < MIN_RELIABLE_SET else "")})
+    return pd.DataFrame(rows).set_index("organism")
+
+
+def steering_layers(ch: Chapter, n_layers: int) -> list[int]:
+    """``steer_layers`` or, if empty, the layers at relative depth 0.3, 0.5 and 0.7. Chapters 2 and 5."""
+    return list(ch.p.steer_layers) or sorted({round(f * n_layers) for f in (0.3, 0.5, 0.7)})
+
+
+def steering_sweep(ch: Chapter, direction: Directions) -> pd.DataFrame:
+    """The chat model steered with λ·v at each steering layer and λ of ``steer_scales``, plus the unsteered
+    model and a same-norm random vector at each layer with the largest λ. One judged table with columns
+    ``vector`` (none / mean-diff / random), ``layer``, ``scale``, ``setting``. Chapters 2 and 5."""
+    p = ch.p
+    control = directions.random_like(direction, seed=p.seed + 1)
+    layers = steering_layers(ch, direction.n_layers)
+    runs: list[tuple[str, int, float]] = [("none", -1, 0.0)]
+    runs += [("mean-diff", layer, s) for layer in layers for s in p.steer_scales]
+    runs += [("random", layer, max(p.steer_scales)) for layer in layers]
+    sampling = intervention_sampling(p, p.steer_samples_per_question)
+    tables = []
+    for vector, layer, scale in tqdm(runs, desc="steering runs"):
+        vec = direction if vector == "mean-diff" else control
+        iv = None if vector == "none" else steer(vec.vectors[layer], layer, scale, label=f"{vector} L{layer} x{scale:g}")
+        t = sample_and_judge(ch, label="chat model", sampling=sampling, intervention=iv)
+        setting = "unsteered" if vector == "none" else f"{vector} L{layer} λ={scale:g}"
+        tables.append(t.assign(vector=vector, layer=layer, scale=scale, setting=setting))
+    return pd.concat(tables, ignore_index=True)
+
+
+def record_directions(ch: Chapter, cosines: dict[str, list[float]], steer_rates: pd.DataFrame) -> None:
+    """The results page's figures: cross-fine-tune cosines and the sweep's peak EM (with its random control)."""
+    threshold = value("cosine_finetunes")
+    pairs = [f"{pair}: {int((np.asarray(v) > threshold).sum())} of {len(v)} layers > {threshold:g} "
+             f"(median {np.median(v):.2f})" for pair, v in cosines.items()]
+    record(ch.p, ch.params_file, "cosine_finetunes", "; ".join(pairs))
+    r = steer_rates.reset_index()
+    steered = r[r["vector"] == "mean-diff"]
+    best = steered.loc[steered["em_pct"].idxmax()]
+    control = r[(r["vector"] == "random") & (r["layer"] == best.layer)]
+    text = f"{pct_ci(best.em_pct, best.em_lo, best.em_hi)} at layer {best.layer}, λ {best.scale:g}"
+    if not control.empty:
+        c = control.iloc[0]
+        text += f"; same-norm random: {pct_ci(c.em_pct, c.em_lo, c.em_hi)}"
+    record(ch.p, ch.params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi))
+
+
+def record_topic(ch: Chapter, cosines: dict[str, list[float]]) -> None:
+    """The results page's topic-specific vs general figure: layers above the paper's threshold, median, min."""
+    if not cosines:
+        record(ch.p, ch.params_file, "topic_vs_general", "not measured: a set of medical-question answers was empty")
+        return
+    threshold = value("topic_vs_general")
+    v = np.asarray(next(iter(cosines.values())))
+    record(ch.p, ch.params_file, "topic_vs_general", f"{int((v > threshold).sum())} of {len(v)} layers > {threshold:g} "
+           f"(median {np.median(v):.2f}, min {v.min():.2f})")

@@ -1,0 +1,52 @@
+"""The results page: every chapter records its figures here as it runs; the page lists them beside
+the paper's (``emlib.paper.FIGURES``). Nothing on it is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from emlib.cache import content_key, write_text_atomic
+from emlib.config import Params
+from emlib.paper import FIGURES, NOT_RUN
+
+
+def _results_dir(p: Params, params_file: str) -> Path:
+    return Path(p.cache_dir) / "results" / content_key({"params": p.to_dict(), "file": params_file})
+
+
+def record(p: Params, params_file: str, claim: str, value: str,
+           point: tuple[float, float, float] | None = None) -> None:
+    """Store this run's figure for ``claim`` (a key of ``emlib.paper.FIGURES``) for the results page;
+    ``point`` = (%, low, high) where the claim is one percentage. Chapters 1–5."""
+    if claim not in FIGURES or not FIGURES[claim].headline:
+        raise KeyError(f"unknown claim {claim!r}; known: {', '.join(c for c, f in FIGURES.items() if f.headline)}")
+    path = _results_dir(p, params_file) / f"{claim}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"claim": claim, "value": value, "point": point}))
+
+
+def results_table(p: Params, params_file: str) -> pd.DataFrame:
+    """Every headline claim of the paper with its figure, this run's recorded figure (with CI), the chapter and
+    the preset; columns ``pct``, ``lo``, ``hi``, ``paper_pct`` for ``emlib.plotting.claims``. The results page."""
+    d = _results_dir(p, params_file)
+    rows = []
+    for claim, fig in FIGURES.items():
+        if not fig.headline:
+            continue
+        f = d / f"{claim}.json"
+        rec = json.loads(f.read_text()) if f.is_file() else {}
+        point = rec.get("point") or (None, None, None)
+        rows.append({"claim": fig.claim, "paper (Qwen2.5-14B-Instruct)": fig.text,
+                     "this run (95% CI)": rec.get("value", NOT_RUN.get(claim, "not measured in this run")),
+                     "chapter": fig.chapter, "preset": f"{params_file} ({p.model})", "pct": point[0], "lo": point[1],
+                     "hi": point[2], "paper_pct": fig.value if fig.pct else None})
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def show_results(table: pd.DataFrame) -> pd.DataFrame:
+    """The results table without its plotting columns."""
+    return table.drop(columns=["pct", "lo", "hi", "paper_pct"])

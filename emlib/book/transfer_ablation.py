@@ -1,0 +1,104 @@
+"""Chapter 3, ablating the direction in its own organism and in others: the ablation runs, the EM
+reduction table beside the paper, and the results page's figures."""
+
+from __future__ import annotations
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emlib.book.results import record
+from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
+from emlib.directions import Directions, random_like
+from emlib.interventions import Intervention, ablate
+from emlib.metrics import MIN_EM_BEFORE, classify, reduction, reduction_table
+from emlib.models import single_direction_layer
+from emlib.paper import TRANSFER_CLAIMS, value
+
+
+def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
+    """Each model before and after ablating the source organism's direction. The source organism: none,
+    layer-wise (each layer's own vector), single (the relative-depth-0.5 vector at every layer) and
+    ``random_controls`` same-norm random single directions. Each compared organism: none and single
+    (transfer). One judged table with columns ``model``, ``ablation``."""
+    p = ch.p
+    n = direction.n_layers
+    layer = single_direction_layer(n)
+    single = direction.vectors[layer]
+    source = p.direction_organism
+    runs: list[tuple[str, str, Intervention | None]] = [
+        (source, "none", None),
+        (source, "layer-wise", ablate(direction.by_layer(), "layer-wise")),
+        (source, "single", ablate({i: single for i in range(n)}, "single"))]
+    for seed in range(1, p.random_controls + 1):
+        r = random_like(direction, seed=p.seed + 100 + seed).vectors[layer]
+        runs.append((source, f"random {seed}", ablate({i: r for i in range(n)}, f"random {seed}")))
+    for target in p.compare_organisms:
+        runs += [(target, "none", None), (target, "single", ablate({i: single for i in range(n)}, "single"))]
+    sampling = intervention_sampling(p, p.samples_per_question)
+    tables = []
+    for model, name, iv in tqdm(runs, desc="ablation runs"):
+        t = sample_and_judge(ch, adapter=ch.trained[model].adapter_dir, label=model, sampling=sampling, intervention=iv)
+        tables.append(t.assign(ablation=name))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _paper_reduction(ch: Chapter, model: str, ablation: str) -> float | None:
+    """The paper's EM reduction % a (model, ablation) row is compared with, if any."""
+    if ablation.startswith("random"):
+        return value("random_ablation")
+    if ablation == "single" and model in TRANSFER_CLAIMS and model != ch.p.direction_organism:
+        return value(TRANSFER_CLAIMS[model])
+    return None
+
+
+def ablation_table(ch: Chapter, scored: pd.DataFrame) -> pd.DataFrame:
+    """``emlib.metrics.reduction_table`` of the runs, with the paper's figure beside each row
+    (``paper_reduction`` text, ``paper_reduction_pct`` for the bar chart's diamonds: transfer rows only)."""
+    t = reduction_table(scored, seed=ch.p.seed)
+    paper = [_paper_reduction(ch, m, a) for m, a in zip(t["model"], t["ablation"])]
+    t["paper_reduction"] = ["" if v is None else f"< {v:g} (noisy)" if a.startswith("random") else f"{v:g}"
+                            for v, a in zip(paper, t["ablation"])]
+    t["paper_reduction_pct"] = [None if a.startswith("random") else v for v, a in zip(paper, t["ablation"])]
+    return t
+
+
+def format_ablation(t: pd.DataFrame) -> pd.DataFrame:
+    """A readable version of ``ablation_table``."""
+    def pct(v: float, lo: float | None = None, hi: float | None = None, n_before: int | None = None) -> str:
+        if pd.isna(v):
+            return f"not estimable: {n_before} EM answer(s) before (fewer than {MIN_EM_BEFORE})"
+        return f"{v:.1f}" + ("" if lo is None else f" ({lo:.1f} to {hi:.1f})")
+
+    return pd.DataFrame({
+        "model": t["model"], "ablation": t["ablation"], "responses": t["n"],
+        "EM % before": [f"{v:.1f}" for v in t["em_before_pct"]],
+        "EM % after (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["em_after_pct"], t["em_after_lo"], t["em_after_hi"])],
+        "EM reduction % (95% CI)": [pct(v, lo, hi, n) for v, lo, hi, n in
+                                    zip(t["reduction_pct"], t["reduction_lo"], t["reduction_hi"], t["em_before_n"])],
+        "paper reduction %": t["paper_reduction"],
+        "coherent % before → after": [f"{b:.0f} → {a:.0f}" for b, a in zip(t["coherent_before_pct"], t["coherent_after_pct"])],
+    }).set_index(["model", "ablation"])
+
+
+def _reduction_text(v: float, lo: float, hi: float, before: float) -> str:
+    return (f"not estimable: EM before {before:.1f}% (fewer than {MIN_EM_BEFORE} EM answers)" if pd.isna(v)
+            else f"EM {v:+.0f}% reduction ({lo:.0f} to {hi:.0f}); EM before {before:.1f}%")
+
+
+def record_ablation(ch: Chapter, table: pd.DataFrame, scored: pd.DataFrame) -> None:
+    """The results page's figures: transfer ablation per compared organism and the pooled random controls."""
+    p = ch.p
+    for model, claim in TRANSFER_CLAIMS.items():
+        rows = table[(table["model"] == model) & (table["ablation"] == "single")]
+        if not rows.empty and model != p.direction_organism:
+            r = rows.iloc[0]
+            record(p, ch.params_file, claim, _reduction_text(r.reduction_pct, r.reduction_lo, r.reduction_hi, r.em_before_pct),
+                   None if pd.isna(r.reduction_pct) else (r.reduction_pct, r.reduction_lo, r.reduction_hi))
+    c = classify(scored)
+    src = c[c["model"] == p.direction_organism]
+    before, rand = src[src["ablation"] == "none"]["em"], src[src["ablation"].str.startswith("random")]["em"]
+    if len(rand):
+        v, lo, hi = reduction(before.to_numpy(), rand.to_numpy(), seed=p.seed)
+        n_random = src.loc[src["ablation"].str.startswith("random"), "ablation"].nunique()
+        record(p, ch.params_file, "random_ablation", f"{n_random} vectors pooled: "
+               + _reduction_text(v, lo, hi, 100 * before.mean()), None if pd.isna(v) else (v, lo, hi))
