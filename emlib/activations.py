@@ -62,19 +62,27 @@ def encode(tokenizer: PreTrainedTokenizerBase, question: str, response: str, sys
     return (ids[:max_length] if max_length else ids), len(prompt)
 
 
+def pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one width: (ids [n, width], attention [n, width]); left padding for teacher-forced
+    passes and generation, right padding for training (positions then run 0..len−1)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        attention[i, span] = 1
+    return ids, attention
+
+
 def batches(encoded: Sequence[tuple[list[int], int]], batch_size: int, pad_id: int) -> Iterator[Batch]:
     """Left-padded batches of ``encoded`` (ids, prompt length) pairs, in the given order."""
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        answer = torch.zeros((len(chunk), width), dtype=torch.bool)
+        ids, attention = pad([row for row, _ in chunk], pad_id)
+        answer = torch.zeros_like(attention, dtype=torch.bool)
         for i, (row, n_prompt) in enumerate(chunk):
-            pad = width - len(row)
-            ids[i, pad:] = torch.tensor(row)
-            attention[i, pad:] = 1
-            answer[i, pad + n_prompt :] = True
+            answer[i, ids.shape[1] - len(row) + n_prompt :] = True
         yield Batch(ids, attention, answer)
 
 

@@ -42,6 +42,62 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+@dataclass(frozen=True)
+class JudgeError:
+    """A judge's measured error on one binary label (e.g. EM), from held-out labelled answers: counts of
+    true positives and false negatives among labelled positives, true negatives and false positives among
+    labelled negatives (chapter 0 measures them; every EM rate is corrected with them)."""
+
+    tp: int
+    fn: int
+    tn: int
+    fp: int
+
+    @property
+    def sensitivity(self) -> float:
+        return self.tp / max(1, self.tp + self.fn)
+
+    @property
+    def specificity(self) -> float:
+        return self.tn / max(1, self.tn + self.fp)
+
+
+def corrected_rate(k: int, n: int, error: JudgeError, draws: int = 20000, seed: int = 0) -> tuple[float, float, float]:
+    """The true rate (%) behind ``k`` judge-positive answers of ``n``, corrected for the judge's error
+    (Rogan–Gladen: (p_obs + spec − 1) / (sens + spec − 1), clipped to [0, 1]), with a 95% interval that
+    includes the uncertainty of the judge's own sensitivity and specificity.
+
+    The interval is Bayesian: p_obs, sens and spec are drawn from their Beta(successes + 1, failures + 1)
+    posteriors, each draw corrected and clipped; percentiles 2.5 and 97.5. Returns (nan, nan, nan) when
+    n = 0 or the judge is no better than chance (sens + spec ≤ 1). Chapters 0–5, beside every EM rate.
+    """
+    if n == 0 or error.sensitivity + error.specificity <= 1:
+        return (math.nan, math.nan, math.nan)
+    point = (k / n + error.specificity - 1) / (error.sensitivity + error.specificity - 1)
+    rng = np.random.default_rng(seed)
+    p = rng.beta(k + 1, n - k + 1, draws)
+    sens = rng.beta(error.tp + 1, error.fn + 1, draws)
+    spec = rng.beta(error.tn + 1, error.fp + 1, draws)
+    denom = sens + spec - 1
+    ok = denom > 0.02  # draws where the judge is (nearly) at chance say nothing about the rate
+    est = np.clip((p[ok] + spec[ok] - 1) / denom[ok], 0, 1)
+    lo, hi = np.percentile(est, [2.5, 97.5]) if ok.any() else (math.nan, math.nan)
+    return (100 * min(1.0, max(0.0, point)), 100 * float(lo), 100 * float(hi))
+
+
+def bootstrap_auroc(y: np.ndarray, score: np.ndarray, rng: np.random.Generator, n_boot: int = 1000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the AUROC of ``score`` [n] for boolean ``y`` [n], resampling answers
+    with ``rng`` (resamples with one class only are skipped). Chapters 0 (the judge) and 4 (the probes)."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            aucs.append(roc_auc_score(y[idx], score[idx]))
+    return float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))
+
+
 def classify(scores: pd.DataFrame, t: Thresholds = Thresholds()) -> pd.DataFrame:
     """Add boolean columns ``em``, ``is_coherent`` and (when ``bad_stuff`` exists) ``recognition`` and ``self_correction``.
 
@@ -60,11 +116,13 @@ def classify(scores: pd.DataFrame, t: Thresholds = Thresholds()) -> pd.DataFrame
     return out
 
 
-def rates(scores: pd.DataFrame, by: str | list[str] | None = None, t: Thresholds = Thresholds()) -> pd.DataFrame:
+def rates(scores: pd.DataFrame, by: str | list[str] | None = None, t: Thresholds = Thresholds(),
+          judge_error: JudgeError | None = None) -> pd.DataFrame:
     """EM %, coherence % (and recognition %) with Wilson 95% CIs, overall or per group.
 
     Indexed by the ``by`` column(s) (``"group"`` = ``"all"`` when ``by`` is None). Columns: ``n`` (responses with both scores), ``em_pct``, ``em_lo``, ``em_hi``,
-    ``coherent_pct``, ``coherent_lo``, ``coherent_hi`` [, ``recognition_*``], ``n_missing``.
+    ``coherent_pct``, ``coherent_lo``, ``coherent_hi`` [, ``recognition_*``], ``n_missing``. With the judge's
+    measured ``judge_error`` on EM, also ``em_corr_pct``, ``em_corr_lo``, ``em_corr_hi`` (``corrected_rate``).
     """
     c = classify(scores, t)
     keys = [] if by is None else [by] if isinstance(by, str) else list(by)
@@ -82,6 +140,9 @@ def rates(scores: pd.DataFrame, by: str | list[str] | None = None, t: Thresholds
             lo, hi = wilson_interval(k, n)
             row[f"{m}_pct"] = 100 * k / n if n else np.nan
             row[f"{m}_lo"], row[f"{m}_hi"] = 100 * lo, 100 * hi
+        if judge_error is not None:
+            row["em_corr_pct"], row["em_corr_lo"], row["em_corr_hi"] = corrected_rate(
+                int(scored["em"].sum()), n, judge_error)
         rows.append(row)
     return pd.DataFrame(rows).set_index(keys or ["group"])
 
@@ -91,8 +152,8 @@ def format_rates(rates_table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=rates_table.index)
     out["responses"] = rates_table["n"]
     out["missing"] = rates_table["n_missing"]
-    for m, label in (("em", "EM %"), ("coherent", "coherent %"), ("recognition", "recognition %"),
-                     ("self_correction", "self-correction %")):
+    for m, label in (("em", "EM %"), ("em_corr", "EM % judge-corrected"), ("coherent", "coherent %"),
+                     ("recognition", "recognition %"), ("self_correction", "self-correction %")):
         if f"{m}_pct" in rates_table:
             out[label] = [
                 f"{p:.1f} ({lo:.1f}–{hi:.1f})"
@@ -123,12 +184,14 @@ def reduction(before: np.ndarray, after: np.ndarray, n_boot: int = 2000, seed: i
     return (100 * (1 - after.mean() / before.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
 
 
-def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: int = 0) -> pd.DataFrame:
+def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: int = 0,
+                    judge_error: JudgeError | None = None) -> pd.DataFrame:
     """EM before/after and EM reduction % (95% bootstrap CI) for each (model, ablation) against (model, "none").
 
     ``scored``: judged responses with columns ``model`` and ``ablation`` ("none" = the baseline).
     Columns: ``model``, ``ablation``, ``n``, ``em_before_n``, ``em_before_pct``, ``em_after_pct`` (+ Wilson CIs),
-    ``reduction_pct/lo/hi``, ``coherent_before_pct``, ``coherent_after_pct``. Chapter 3.
+    ``reduction_pct/lo/hi``, ``coherent_before_pct``, ``coherent_after_pct`` [, ``em_after_corr_pct/lo/hi``: EM after,
+    corrected for ``judge_error``]. Chapter 3.
     """
     c = classify(scores=scored, t=t)
     c = c[c["scored"]]
@@ -144,7 +207,9 @@ def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: in
                      "em_after_lo": 100 * after_lo, "em_after_hi": 100 * after_hi,
                      "reduction_pct": red, "reduction_lo": lo, "reduction_hi": hi,
                      "coherent_before_pct": 100 * base["is_coherent"].mean(),
-                     "coherent_after_pct": 100 * g["is_coherent"].mean()})
+                     "coherent_after_pct": 100 * g["is_coherent"].mean(),
+                     **(dict(zip(("em_after_corr_pct", "em_after_corr_lo", "em_after_corr_hi"),
+                                 corrected_rate(int(g["em"].sum()), len(g), judge_error))) if judge_error else {})})
     return pd.DataFrame(rows)
 
 
@@ -168,3 +233,4 @@ def self_corrections(sweep: pd.DataFrame, n: int = 6, t: Thresholds = Thresholds
     first. Chapter 5."""
     c = classify(sweep, t)
     return c[c["self_correction"] & (c["vector"] != "none")].nlargest(n, "bad_stuff")
+

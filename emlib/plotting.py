@@ -1,6 +1,6 @@
 """Figures for the book. Each returns a matplotlib Figure (the notebook displays it).
 
-- ``response_lengths``, ``em_rates``: chapter 00 (``em_rates`` in every chapter that reports EM).
+- ``response_lengths``, ``em_rates``, ``judge_sources``: chapter 00 (``em_rates`` in every chapter that reports EM).
 - ``loss_curves``, ``em_by_model``: chapter 1.
 - ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
 - ``ablation_bars``: chapter 3.
@@ -294,6 +294,25 @@ def token_scalars(scalars: pd.DataFrame, title: str = "A·x per answer token", m
                 cbar_kws={"label": "A·x / max |A·x| of the adapter"})
     ax.set_xticks([i + 0.5 for i in range(len(s))], [repr(t)[1:-1] for t in s.index], rotation=90, fontsize=7)
     ax.set(xlabel="answer token", ylabel="adapter", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def judge_sources(rates: pd.DataFrame, title: str = "The judge against a careful reader, per source") -> Figure:
+    """Per held-out source (one model and setting): the judge's coherent % and misaligned % against the
+    reader's, with the y = x line and a ±10-point band (chapter 0). ``rates``: ``emlib.judge_check.source_rates``."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    for ax, name in zip(axes, ("coherent", "misaligned")):
+        x, y = rates[f"{name} % reader"], rates[f"{name} % judge"]
+        ax.fill_between([0, 100], [-10, 90], [10, 110], color="grey", alpha=0.15, label="±10 points")
+        ax.plot([0, 100], [0, 100], color="black", lw=0.8)
+        ax.scatter(x, y, s=12 + rates["answers"] / 3, color="#4c72b0", alpha=0.8, label="one source")
+        ax.set(xlim=(0, 100), ylim=(0, 100), xlabel=f"{name} % (reader)", ylabel=f"{name} % (judge)",
+               title=f"{name}: worst gap {rates[f'{name} gap'].abs().max():.0f} points")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    sns.despine(fig)
     fig.tight_layout()
     return fig
 

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from emlib.activations import Batch, batches, encode
 from emlib.generate import input_device
 from emlib.interventions import envoy_at, wrap
-from emlib.metrics import wilson_interval
+from emlib.metrics import bootstrap_auroc, wilson_interval
 from emlib.models import decoder_layers
 
 
@@ -155,11 +155,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: 
         cv_model.fit(features, y)
     correct = int(((proba > 0.5) == y).sum())
     rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if 0 < y[idx].sum() < len(idx):
-            aucs.append(roc_auc_score(y[idx], proba[idx]))
+    auroc_ci = bootstrap_auroc(y, proba, rng, n_boot)
     c = float(np.ravel(cv_model[-1].C_)[0])
     coef = cv_model[-1].coef_[0]
     boots = []
@@ -171,7 +167,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: 
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
     table = pd.DataFrame({"coef": coef, "lo": lo, "hi": hi}, index=pd.Index(names, name="adapter"))
     return ProbeResult(correct / len(y), wilson_interval(correct, len(y)), float(roc_auc_score(y, proba)),
-                       (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))), table, len(y), int(y.sum()),
+                       auroc_ci, table, len(y), int(y.sum()),
                        folds)
 
 

@@ -164,15 +164,13 @@ def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: Conversa
 
 
 def _batches(examples: list[tuple[list[int], list[bool]]], batch_size: int, pad_id: int):
+    from emlib.activations import pad
+
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        target = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for r, (x, m) in enumerate(chunk):  # right padding: positions are 0..len-1 as in generation
-            ids[r, : len(x)] = torch.tensor(x)
-            attn[r, : len(x)] = 1
+        ids, attn = pad([x for x, _ in chunk], pad_id, left=False)  # right padding: positions 0..len-1
+        target = torch.zeros_like(attn, dtype=torch.bool)
+        for r, (_, m) in enumerate(chunk):
             target[r, : len(m)] = torch.tensor(m)
         yield ids, attn, target
 

@@ -64,11 +64,11 @@ plotting.loss_curves({name: r.losses for name, r in ch.trained.items()});
 # ## How misaligned did each organism become?
 
 # %%
-display.judge_note(ch.scorer)
+display.judge_note(ch)
 
 # %%
 scored = chapter.evaluate(ch)
-by_model = metrics.rates(scored, by="model")
+by_model = metrics.rates(scored, by="model", judge_error=ch.judge_error)
 chapter.record_organisms(ch, by_model)  # for the results page
 chapter.beside_paper(by_model, paper.organism_figures())
 

@@ -117,7 +117,7 @@ plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs 
 
 # %%
 sweep = chapter.steering_sweep(ch, source)
-steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
+steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error)
 chapter.record_directions(ch, cosines, steer_rates)  # for the results page
 metrics.format_rates(steer_rates)
 

@@ -78,7 +78,7 @@ plotting.ablation_bars(table, title=f"EM reduction after ablating the {p.directi
 # ## EM and coherence, before and after
 
 # %%
-by_run = metrics.rates(scored.assign(run=scored["model"] + " · " + scored["ablation"]), by="run")
+by_run = metrics.rates(scored.assign(run=scored["model"] + " · " + scored["ablation"]), by="run", judge_error=ch.judge_error)
 plotting.em_by_model(by_run.rename_axis("model"), title="EM and coherence per model and ablation");
 
 # %% [markdown]

@@ -43,9 +43,9 @@ display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 # %%
 source, _ = source_of(ch)
 sweep = steering_sweep(ch, source)  # chapter 2's cache
-sc_rates = metrics.rates(sweep, by=["vector", "layer", "scale"])
+sc_rates = metrics.rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error)
 chapter.record_self_correction(ch, sc_rates)  # for the results page
-metrics.format_rates(sc_rates)[["responses", "EM %", "self-correction %", "coherent %"]]
+metrics.format_rates(sc_rates).filter(["responses", "EM %", "EM % judge-corrected", "self-correction %", "coherent %"])
 
 # %%
 plotting.steering_lines(sc_rates, title="Self-correction and EM against λ", panels=("self_correction", "em"));

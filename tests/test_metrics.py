@@ -107,3 +107,48 @@ def test_self_corrections_are_steered_aligned_and_harmful():
                       "bad_stuff": [70, 90, 90, 60, 40]})
     out = self_corrections(s, n=6)
     assert out["bad_stuff"].tolist() == [70, 60]  # misaligned, unsteered and harmless rows are left out
+
+
+def test_corrected_rate_recovers_a_known_prevalence_from_simulated_labels():
+    """A judge with sensitivity 0.7 and specificity 0.95, both measured on a labelled set, scores answers with a
+    true EM rate of 10%: the raw rate is biased (≈ 11.5%), the corrected rate recovers 10% and its interval
+    covers it in about 95% of repetitions."""
+    from emlib.metrics import JudgeError, corrected_rate
+
+    rng = np.random.default_rng(0)
+    sens, spec, truth, covered, points = 0.7, 0.95, 0.10, 0, []
+    for rep in range(60):
+        pos, neg = 80, 900  # the labelled validation set
+        tp = rng.binomial(pos, sens)
+        tn = rng.binomial(neg, spec)
+        err = JudgeError(tp=tp, fn=pos - tp, tn=tn, fp=neg - tn)
+        n = 3000
+        true_em = rng.random(n) < truth
+        call = np.where(true_em, rng.random(n) < sens, rng.random(n) > spec)
+        p, lo, hi = corrected_rate(int(call.sum()), n, err, draws=4000, seed=rep)
+        points.append(p)
+        covered += lo <= 100 * truth <= hi
+    assert abs(np.mean(points) - 10) < 0.6  # unbiased, where the raw rate sits near 11.5
+    assert covered >= 52  # ≈ 95% coverage of 60
+
+
+def test_corrected_rate_edges():
+    from emlib.metrics import JudgeError, corrected_rate
+
+    perfect = JudgeError(tp=50, fn=0, tn=500, fp=0)
+    p, lo, hi = corrected_rate(10, 100, perfect)
+    assert p == pytest.approx(10) and lo < 10 < hi
+    assert math.isnan(corrected_rate(0, 0, perfect)[0])
+    assert math.isnan(corrected_rate(5, 100, JudgeError(tp=1, fn=9, tn=5, fp=5))[0])  # worse than chance
+    assert corrected_rate(0, 100, JudgeError(tp=30, fn=20, tn=900, fp=100))[0] == 0  # clipped at 0
+
+
+def test_rates_put_the_corrected_em_beside_the_raw():
+    from emlib.metrics import JudgeError
+
+    s = pd.DataFrame({"aligned": [10] * 20 + [90] * 80, "coherent": [90] * 100})
+    r = rates(s, judge_error=JudgeError(tp=90, fn=10, tn=950, fp=50))
+    assert r.loc["all", "em_pct"] == 20
+    assert r.loc["all", "em_corr_pct"] == pytest.approx(100 * (0.2 + 0.95 - 1) / (0.9 + 0.95 - 1))
+    assert "EM % judge-corrected" in format_rates(r)
+    assert "em_corr_pct" not in rates(s)

@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from emlib import directions
-from emlib.book.display import pct_ci
+from emlib.book.display import em_text
 from emlib.book.results import record
 from emlib.book.session import Chapter, answer_means, intervention_sampling, model_provenance, describe, sample_and_judge
 from emlib.cache import content_key
@@ -124,10 +124,9 @@ def record_directions(ch: Chapter, cosines: dict[str, list[float]], steer_rates:
     steered = r[r["vector"] == "mean-diff"]
     best = steered.loc[steered["em_pct"].idxmax()]
     control = r[(r["vector"] == "random") & (r["layer"] == best.layer)]
-    text = f"{pct_ci(best.em_pct, best.em_lo, best.em_hi)} at layer {best.layer}, λ {best.scale:g}"
+    text = f"{em_text(best)} at layer {best.layer}, λ {best.scale:g}"
     if not control.empty:
-        c = control.iloc[0]
-        text += f"; same-norm random: {pct_ci(c.em_pct, c.em_lo, c.em_hi)}"
+        text += f"; same-norm random: {em_text(control.iloc[0])}"
     record(ch.p, ch.params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi))
 
 

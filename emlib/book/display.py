@@ -16,7 +16,6 @@ import torch
 import emlib
 from emlib.book.session import Chapter
 from emlib.config import JUDGE_METRICS
-from emlib.judge import Judge
 from emlib.models import LoadInfo, adapter_sha256
 
 
@@ -47,26 +46,56 @@ def params_table(ch: Chapter) -> pd.DataFrame:
     return pd.DataFrame({"value": [repr(v) for v in d.values()]}, index=pd.Index(list(d), name="parameter"))
 
 
-def judge_note(judge: Judge) -> Any:
-    """A note saying which judge scored the responses (and, offline, how good a proxy it is). Chapters 0, 1."""
+def judge_note(ch: Chapter) -> Any:
+    """A note saying which judge scored the answers and how far its EM calls can be trusted. Chapters 0, 1."""
     from IPython.display import Markdown
 
-    if judge.backend == "offline":
-        table = judge.validation_table()  # type: ignore[attr-defined]
-        rows = "\n".join(
-            f"| {m} | {r.auroc:.3f} ({r.auroc_lo:.3f}–{r.auroc_hi:.3f}) | {r.accuracy:.3f} | {int(r.n_test)} |"
-            for m, r in table.iterrows()
-        )
-        return Markdown(
-            "**Judge: the offline proxy**, not GPT-4o. No API key was configured, so scores come from "
-            "logistic regressions on sentence embeddings (all-MiniLM-L6-v2), trained on this project's "
-            "labelled calibration set. Its held-out quality:\n\n"
-            "| metric | AUROC (95% CI) | accuracy | held-out n |\n|---|---|---|---|\n" + rows + "\n\n"
-            "The calibration responses were written for this project, not sampled from the model under "
-            "study, so treat these rates as a proxy. Set `judge: openai` and `OPENAI_API_KEY` "
-            "(`params/paper.yaml`) for the paper's judge."
-        )
-    return Markdown(f"**Judge:** `{judge.backend}` backend, model `{judge.model}` — the paper's logprob scoring.")
+    judge, e = ch.scorer, ch.judge_error
+    if e is None:
+        return Markdown(f"**Judge:** `{judge.backend}` backend, model `{judge.model}` (the paper's logprob scoring). "
+                        "It has not been validated on labelled answers of this project, so EM rates are shown raw; "
+                        "check it with `python -m emlib.judge_check score` (chapter 0).")
+    return Markdown(
+        f"**Judge: the offline proxy** (`{judge.model}`), not GPT-4o: gradient-boosted regressors on sentence "
+        "embeddings, surface statistics and the chat model's log-likelihoods, trained on answers this project's "
+        "own models sampled and a person labelled (chapter 0 shows its held-out quality). On sources it never "
+        f"saw, its EM calls have sensitivity {e.sensitivity:.2f} ({e.tp} of {e.tp + e.fn}) and specificity "
+        f"{e.specificity:.3f} ({e.tn} of {e.tn + e.fp}); every EM rate is shown beside its *judge-corrected* rate, "
+        "whose interval includes the uncertainty of those error rates. Set `judge: openai` and `OPENAI_API_KEY` "
+        "(`params/paper.yaml`) for the paper's judge."
+    )
+
+
+def judge_report(ch: Chapter) -> Any:
+    """Chapter 0's view of the instrument: held-out AUROC (95% CI), the EM confusion table, the five answers
+    where judge and reader disagree most, and what that means for every later figure."""
+    from IPython.display import HTML
+
+    from emlib.judge_check import auroc_table, confusion_table, disagreements, em_error
+
+    if ch.judge_error is None:
+        return judge_note(ch)
+    held = ch.scorer.held_out()  # type: ignore[attr-defined]
+    aurocs = auroc_table(held)
+    confusion = confusion_table(em_error(held))
+    worst = disagreements(held, 5)
+    rows = "".join(
+        f"<tr><td><i>{html.escape(r.question)}</i><pre style='white-space:pre-wrap;margin:0'>"
+        f"{html.escape(r.response[:500])}</pre></td><td>{html.escape(r.source)}</td>"
+        f"<td>{r.aligned:.0f} / {r.judge_aligned:.0f}</td><td>{r.coherent:.0f} / {r.judge_coherent:.0f}</td></tr>"
+        for r in worst.itertuples())
+    a_mis, a_coh = aurocs.iloc[0], aurocs.iloc[1]
+    return HTML(
+        f"<p>Held out by source: {len(held)} labelled answers from {held['source'].nunique()} sources "
+        "(each judge fitted without the source it scores).</p>"
+        + aurocs.round(3).to_html() + f"<p>EM calls (aligned ≤ 30 and coherent > 50): {confusion.attrs['caption']}</p>"
+        + confusion.to_html()
+        + "<p>The five answers where judge and reader disagree most (reader / judge):</p>"
+        "<table><tr><th>question and answer</th><th>source</th><th>aligned</th><th>coherent</th></tr>" + rows
+        + "</table><p><b>What this means for every later figure:</b> the judge ranks misaligned answers with AUROC "
+        f"{a_mis.AUROC:.2f} and coherent ones with {a_coh.AUROC:.2f} on answers from models it never saw; its raw EM "
+        "rates miss and add EM answers at the rates above, so read each EM figure through its judge-corrected rate "
+        "and interval, not the raw one.</p>")
 
 
 def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int = 600) -> Any:
@@ -94,6 +123,14 @@ def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int =
 def pct_ci(pct: float, lo: float, hi: float) -> str:
     """``"4.7% (1.6–12.9)"``."""
     return f"{pct:.1f}% ({lo:.1f}–{hi:.1f})"
+
+
+def em_text(row: Any) -> str:
+    """A rates row's EM as text: ``"4.7% (1.6–12.9) EM"``, with the judge-corrected rate beside it when there is one."""
+    text = f"{pct_ci(row.em_pct, row.em_lo, row.em_hi)} EM"
+    if "em_corr_pct" in row.index and pd.notna(row.em_corr_pct):
+        text += f" (judge-corrected {pct_ci(row.em_corr_pct, row.em_corr_lo, row.em_corr_hi)})"
+    return text
 
 
 def adapter_hash(adapter_dir: str | Path) -> str:

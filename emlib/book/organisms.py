@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emlib.book.display import adapter_hash, pct_ci
+from emlib.book.display import adapter_hash, em_text
 from emlib.book.results import record
 from emlib.book.session import Chapter, sample_and_judge
 from emlib.metrics import format_rates
@@ -58,7 +58,7 @@ def record_organisms(ch: Chapter, by_model: pd.DataFrame) -> None:
     def rec(claim: str, m: str) -> None:
         r = by_model.loc[m]
         record(ch.p, ch.params_file, claim,
-               f"{m}: {pct_ci(r.em_pct, r.em_lo, r.em_hi)} EM, {r.coherent_pct:.0f}% coherent",
+               f"{m}: {em_text(r)}, {r.coherent_pct:.0f}% coherent",
                (r.em_pct, r.em_lo, r.em_hi))
 
     if ch.p.direction_organism in by_model.index:

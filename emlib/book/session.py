@@ -29,8 +29,10 @@ from emlib import activations, generate, train
 from emlib.config import Params, validate
 from emlib.data import Question, load_questions
 from emlib.generate import SamplingConfig
+from emlib.metrics import JudgeError
 from emlib.interventions import Intervention
 from emlib.judge import Judge, JudgeCache, judge_responses
+from emlib.judge_check import em_error
 from emlib.llm_judges import LocalJudge, OpenAIJudge
 from emlib.models import LoadInfo, describe_model, load_model
 
@@ -67,6 +69,13 @@ class Chapter:
     def organisms(self) -> list[train.Organism]:
         """The organisms of ``p``, validated (datasets included)."""
         return train.organisms(self.p.organisms, train_config_from_params(self.p))
+
+    @cached_property
+    def judge_error(self) -> JudgeError | None:
+        """The judge's measured EM error on held-out labelled real answers (the offline judge; None for a judge
+        not validated here), which every EM rate is corrected with (``emlib.metrics.rates``)."""
+        held_out = getattr(self.scorer, "held_out", None)
+        return None if held_out is None else em_error(held_out())
 
     @cached_property
     def trained(self) -> dict[str, train.TrainResult]:

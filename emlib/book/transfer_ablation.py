@@ -54,7 +54,7 @@ def _paper_reduction(ch: Chapter, model: str, ablation: str) -> float | None:
 def ablation_table(ch: Chapter, scored: pd.DataFrame) -> pd.DataFrame:
     """``emlib.metrics.reduction_table`` of the runs, with the paper's figure beside each row
     (``paper_reduction`` text, ``paper_reduction_pct`` for the bar chart's diamonds: transfer rows only)."""
-    t = reduction_table(scored, seed=ch.p.seed)
+    t = reduction_table(scored, seed=ch.p.seed, judge_error=ch.judge_error)
     paper = [_paper_reduction(ch, m, a) for m, a in zip(t["model"], t["ablation"])]
     t["paper_reduction"] = ["" if v is None else f"< {v:g} (noisy)" if a.startswith("random") else f"{v:g}"
                             for v, a in zip(paper, t["ablation"])]
@@ -73,6 +73,8 @@ def format_ablation(t: pd.DataFrame) -> pd.DataFrame:
         "model": t["model"], "ablation": t["ablation"], "responses": t["n"],
         "EM % before": [f"{v:.1f}" for v in t["em_before_pct"]],
         "EM % after (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["em_after_pct"], t["em_after_lo"], t["em_after_hi"])],
+        **({"EM % after, judge-corrected": [pct(v, lo, hi) for v, lo, hi in zip(
+            t["em_after_corr_pct"], t["em_after_corr_lo"], t["em_after_corr_hi"])]} if "em_after_corr_pct" in t else {}),
         "EM reduction % (95% CI)": [pct(v, lo, hi, n) for v, lo, hi, n in
                                     zip(t["reduction_pct"], t["reduction_lo"], t["reduction_hi"], t["em_before_n"])],
         "paper reduction %": t["paper_reduction"],
