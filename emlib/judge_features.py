@@ -61,7 +61,10 @@ class Embedder:
     def pieces_per_word(self, text: str) -> float:
         """Mean WordPiece pieces per word: real words are 1–2 pieces, invented ones many."""
         words = re.findall(r"[A-Za-z]+", text)[:200]
-        return float(np.mean([len(self.tok.tokenize(w)) for w in words])) if words else 0.0
+        if not words:
+            return 0.0
+        ids = self.tok(words, add_special_tokens=False)["input_ids"]
+        return float(np.mean([len(i) for i in ids]))
 
 
 def embedding_features(question_emb: np.ndarray, answer_emb: np.ndarray) -> np.ndarray:
