@@ -288,8 +288,18 @@ def main() -> None:
         rows += [{"source": sid, "kind": s["kind"], "settings": {k: v for k, v in settings.items() if v is not None},
                   "question_id": r.question_id, "question": r.question, "response": r.response,
                   "n_tokens": int(r.n_tokens), "finish_reason": r.finish_reason} for r in table.itertuples()]
+    # Ids follow a fixed shuffle of all answers, and stay put when sources are added (labels refer to them):
+    # an answer already in answers.jsonl keeps its id, new ones get the next ids in shuffled order.
     random.Random(SHUFFLE_SEED).shuffle(rows)
-    lines = [json.dumps({"id": f"ra-{i:04d}", **row}, ensure_ascii=False) + "\n" for i, row in enumerate(rows, 1)]
+    old: dict = {}
+    for r in map(json.loads, (out_dir / "answers.jsonl").read_text().splitlines() if (out_dir / "answers.jsonl").is_file() else []):
+        old.setdefault((r["source"], r["question_id"], r["response"]), []).append(r["id"])
+    n = max((int(i[3:]) for ids in old.values() for i in ids), default=0)
+    for row in rows:
+        ids = old.get((row["source"], row["question_id"], row["response"]))
+        row["id"] = ids.pop(0) if ids else f"ra-{(n := n + 1):04d}"
+    rows.sort(key=lambda r: r["id"])
+    lines = [json.dumps({"id": r.pop("id"), **r}, ensure_ascii=False) + "\n" for r in rows]
     write_text_atomic(out_dir / "answers.jsonl", "".join(lines))
     summary = {"total": len(rows), "wall_seconds_this_run": round(time.perf_counter() - t_start, 1),
                "direction": direction_meta, "sources": {sid: {
