@@ -10,6 +10,7 @@ from emlib import book
 from emlib.book import display, organisms, results, session, transfer_ablation
 from emlib.book.lora_probes import probe_table, roles
 from emlib.config import Params
+from emlib.metrics import JudgeError
 from emlib.paper import organism_figures
 
 SMOKE = str(ROOT / "params" / "smoke.yaml")
@@ -100,6 +101,7 @@ def test_organisms_beside_the_papers_figures():
 def test_ablation_table_compares_transfer_and_random_rows_with_the_paper():
     class Ch:  # the part of a Chapter that ablation_table reads
         p = Params()
+        judge_error = JudgeError(tp=90, fn=10, tn=950, fp=50)
 
     rows = []
     for model, ablation, em in (("r1x9_medical", "none", 6), ("r1x9_medical", "random 1", 6),
@@ -112,6 +114,8 @@ def test_ablation_table_compares_transfer_and_random_rows_with_the_paper():
     assert t.loc[("r1x9_medical", "random 1"), "paper_reduction"] == "< 10 (noisy)"
     assert pd.isna(t.loc[("r1x9_medical", "random 1"), "paper_reduction_pct"])
     assert t.loc[("all_medical", "single"), "reduction_pct"] == pytest.approx(100 * (1 - 1 / 8))
+    assert t.loc[("all_medical", "single"), "em_after_corr_pct"] == pytest.approx(100 * (0.05 + 0.95 - 1) / (0.9 + 0.95 - 1))
+    assert "EM % after, judge-corrected" in transfer_ablation.format_ablation(t.reset_index())
 
 
 def test_probes_too_small_to_fit_are_reported_not_raised():
