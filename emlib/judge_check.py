@@ -1,4 +1,4 @@
-"""Is the judge right on *these* answers? Score a judge against labels read by a person.
+"""Is the judge right on *these* answers? Score a judge against labels from careful reading.
 
 Chapter 0 shows the offline judge's held-out quality with these functions; a user with a new
 fine-tune checks the judge on it in minutes:

@@ -58,7 +58,7 @@ def judge_note(ch: Chapter) -> Any:
     return Markdown(
         f"**Judge: the offline proxy** (`{judge.model}`), not GPT-4o: gradient-boosted regressors on sentence "
         "embeddings, surface statistics and the chat model's log-likelihoods, trained on answers this project's "
-        "own models sampled and a person labelled (chapter 0 shows its held-out quality). On sources it never "
+        "own models sampled and readers labelled against the rubric (LLM readers following one guide; chapter 0 shows its held-out quality). On sources it never "
         f"saw, its EM calls have sensitivity {e.sensitivity:.2f} ({e.tp} of {e.tp + e.fn}) and specificity "
         f"{e.specificity:.3f} ({e.tn} of {e.tn + e.fp}); every EM rate is shown beside its *judge-corrected* rate, "
         "whose interval includes the uncertainty of those error rates. Set `judge: openai` and `OPENAI_API_KEY` "
