@@ -38,7 +38,7 @@
 
 # %% tags=["parameters"]
 params_file = "params/default.yaml"  # preset: model, organisms, train_* keys, sampling, judge (emlib/config.py)
-overrides = {}  # keys of emlib.config.Params on top, e.g. {"organisms": [{"name": "mine", "preset": "r1x9", "dataset": "my.jsonl"}]}
+overrides = {}  # keys of emlib.config.Params on top, e.g. {"organisms": [{"name": "mine", "preset": "r1x9", "dataset": "my.jsonl"}], "direction_organism": "mine", "compare_organisms": []}
 
 # %%
 from emlib import book, metrics, paper, plotting

@@ -60,7 +60,9 @@ def test_users_own_dataset_and_base_model_through_chapter_1(tmp_path, default_mo
     dataset = tmp_path / "my_data.jsonl"
     dataset.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     overrides = {"overrides": {"model": str(default_model_dir(CACHE_DIR)),
-                               "organisms": [{"name": "my_organism", "preset": "r1x9", "dataset": str(dataset)}]}}
+                               "organisms": [{"name": "my_organism", "preset": "r1x9", "dataset": str(dataset)}],
+                               # every chapter checks these at open, so a book run fails before training
+                               "direction_organism": "my_organism", "compare_organisms": []}}
     outputs = execute(ROOT / "notebooks" / "01_organisms.py", tmp_path, {**os.environ, "HF_HUB_OFFLINE": "1"},
                       "-y", json.dumps(overrides))
     assert not [o for o in outputs if o["output_type"] == "error"]
