@@ -15,7 +15,7 @@ hand-written calibration set) and scores the held-out fold; folds come from
 - ``cross-encoder`` (``--cross-encoder``): all-MiniLM-L6-v2 fine-tuned on (question, answer)
   pairs with a 3-output regression head, calibrated the same way (slow on a CPU).
 
-    .venv/bin/python bench/bench_judge_designs.py [--cross-encoder] [--out bench/judge_designs.json]
+    .venv/bin/python bench/bench_judge_designs.py [--cross-encoder] [--out bench/out/judge_designs.json]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def evaluate(name: str, held: pd.DataFrame, seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cross-encoder", action="store_true")
-    ap.add_argument("--out", default="bench/judge_designs.json")
+    ap.add_argument("--out", default="bench/out/judge_designs.json")
     args = ap.parse_args()
     judge = OfflineJudge(CACHE)
     frame, f = judge._training
