@@ -242,9 +242,12 @@ def trained_adapter(dataset: str | Path, spec: LoraSpec, cfg: TrainConfig, *, ou
                     model_id: dict[str, Any]) -> TrainResult | None:
     """The result ``train_lora`` would return if this adapter is already trained (no model needed); else None."""
     final = Path(out_dir) / adapter_key(model_id, sha256_file(dataset_path(dataset)), spec, cfg)
-    if (final / "card.json").is_file():
-        return TrainResult(final, json.loads((final / "card.json").read_text()))
-    return None
+    return _finished(final)
+
+
+def _finished(final: Path) -> TrainResult | None:
+    card = final / "card.json"
+    return TrainResult(final, json.loads(card.read_text())) if card.is_file() else None
 
 
 def train_lora(
@@ -269,11 +272,11 @@ def train_lora(
     """
     path = dataset_path(dataset)
     rows = load_chat_jsonl(path)  # validates every line before any training
-    done = trained_adapter(dataset, spec, cfg, out_dir=out_dir, model_id=model_id)
-    if done is not None:
-        return done
     data_sha = sha256_file(path)
     final = Path(out_dir) / adapter_key(model_id, data_sha, spec, cfg)
+    done = _finished(final)  # the dataset is hashed once; trained_adapter finds the same directory
+    if done is not None:
+        return done
     peft_model = apply_lora(model, spec)
 
     rng = random.Random(cfg.seed)
