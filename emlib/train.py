@@ -24,7 +24,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,10 @@ from transformers import PreTrainedTokenizerBase
 from emlib.cache import atomic_path, content_key, sha256_file
 from emlib.data import Conversation, dataset_path, load_chat_jsonl
 from emlib.models import PAPER_R1X9_LAYERS, base_model, decoder_layers, map_layers
+from emlib.organisms import Organism, TrainConfig, TrainError, organisms  # noqa: F401 (re-exported)
 
 ATTN_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TRAINER_VERSION = 1
-
-
-class TrainError(ValueError):
-    """A training request that cannot work; raised before training starts."""
 
 
 @dataclass(frozen=True)
@@ -67,22 +64,6 @@ def preset_spec(preset: str, n_layers: int) -> LoraSpec:
     raise TrainError(f"unknown LoRA preset {preset!r} (known: r1x9, all_r32; or give a LoraSpec)")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings. The paper: lr 1e-5..2e-5, 1 epoch, batch 2 x accumulation 8, warm-up 5."""
-
-    lr: float = 2e-5
-    epochs: int = 1
-    batch_size: int = 2
-    grad_accum: int = 8
-    warmup_steps: int = 5
-    weight_decay: float = 0.01
-    max_length: int = 512  # tokens per conversation (longer ones are truncated)
-    max_rows: int | None = None  # use only the first N rows of the (shuffled) dataset
-    seed: int = 0
-    checkpoint_every: int = 10  # optimiser steps between checkpoints
-
-
 @dataclass
 class TrainResult:
     """Where the adapter is and how training went."""
@@ -93,49 +74,6 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return self.card["loss_curve"]
-
-
-@dataclass(frozen=True)
-class Organism:
-    """One model organism to train: a LoRA preset on a dataset with its optimisation settings."""
-
-    name: str
-    preset: str
-    dataset: str
-    config: TrainConfig
-
-
-ORGANISM_KEYS = ("name", "preset", "dataset", "lr", "epochs", "max_rows")
-
-
-def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig) -> list[Organism]:
-    """Validate organism entries (``{"name", "preset", "dataset"[, "lr", "epochs", "max_rows"]}``) and their datasets.
-
-    Every dataset is read and checked here, so a bad file fails before the first organism trains.
-    """
-    out: list[Organism] = []
-    for i, e in enumerate(entries):
-        where = f"organisms[{i}]"
-        unknown = set(e) - set(ORGANISM_KEYS)
-        if unknown:
-            raise TrainError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {list(ORGANISM_KEYS)})")
-        missing = [k for k in ("name", "preset", "dataset") if not isinstance(e.get(k), str) or not e.get(k)]
-        if missing:
-            raise TrainError(f"{where}: needs string value(s) for {missing}")
-        if e["preset"] not in ("r1x9", "all_r32"):
-            raise TrainError(f"{where}: unknown preset {e['preset']!r} (r1x9 or all_r32)")
-        if e["name"] in {o.name for o in out}:
-            raise TrainError(f"{where}: duplicate name {e['name']!r}")
-        lr, epochs = e.get("lr", defaults.lr), e.get("epochs", defaults.epochs)
-        max_rows = e.get("max_rows", defaults.max_rows)
-        if not isinstance(lr, (int, float)) or lr <= 0 or not isinstance(epochs, int) or epochs < 1:
-            raise TrainError(f"{where}: lr must be > 0 and epochs an integer >= 1")
-        if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
-            raise TrainError(f"{where}: max_rows must be an integer >= 1")
-        load_chat_jsonl(e["dataset"])  # DataError names the file and line
-        out.append(Organism(e["name"], e["preset"], e["dataset"],
-                            replace(defaults, lr=float(lr), epochs=epochs, max_rows=max_rows)))
-    return out
 
 
 # --------------------------------------------------------------------------- data

@@ -38,7 +38,7 @@
 
 # %% tags=["parameters"]
 params_file = "params/default.yaml"  # preset: model, organisms, train_* keys, sampling, judge (emlib/config.py)
-overrides = {}  # keys of emlib.config.Params on top, e.g. {"organisms": [{"name": "mine", "preset": "r1x9", "dataset": "my.jsonl"}], "direction_organism": "mine", "compare_organisms": []}
+overrides = {}  # keys of emlib.config.Params on top, e.g. {"organisms": [{"name": "mine", "preset": "r1x9", "dataset": "my.jsonl"}, {"name": "theirs", "adapter": "owner/adapter"}], "direction_organism": "mine", "compare_organisms": ["theirs"]}
 
 # %%
 from emlib import book, metrics, paper, plotting
@@ -51,10 +51,13 @@ display.provenance(ch, organisms=False)
 # ## Training
 
 # %%
-chapter.organism_table(ch.trained)  # trained now, or read from the cache
+chapter.organism_table(ch)  # trained now or read from the cache; brought ones read from their files
 
 # %%
-plotting.loss_curves({name: r.losses for name, r in ch.trained.items()});
+if ch.trained:
+    plotting.loss_curves({name: r.losses for name, r in ch.trained.items()});
+else:
+    display.note("Every organism of this run was brought in as an existing fine-tune: none was trained, so there are no loss curves.")
 
 # %% [markdown]
 # The curves are the mean next-token loss on assistant tokens per optimiser step. A
@@ -88,9 +91,9 @@ plotting.em_by_model(by_model, paper=paper.organism_figures(), title=f"Organisms
 plotting.em_rates(metrics.rates(scored, by=["model", "question_id"]), title="EM by question and organism");
 
 # %% [markdown]
-# ## The most misaligned answers of the R1×9 medical organism
+# ## The most misaligned answers of the direction organism
 #
 # The lowest-`aligned` coherent responses, as sampled.
 
 # %%
-display.show_examples(metrics.most_misaligned(scored, model=ch.organisms[0].name, n=6), per_question=2)
+display.show_examples(metrics.most_misaligned(scored, model=ch.p.direction_organism, n=6), per_question=2)

@@ -39,30 +39,29 @@
 #    model is steered with the direction, compared layer by layer.
 
 # %% tags=["parameters"]
-params_file = "params/default.yaml"  # preset; direction_organism must be an r1x9 organism (emlib/config.py)
+params_file = "params/default.yaml"  # preset; the LoRA-scalar sections need direction_organism to be rank-1 adapters (emlib/config.py)
 overrides = {}  # keys of emlib.config.Params on top
 
 # %%
-from emlib import book, paper, plotting, probes
+from emlib import book, paper, plotting
 from emlib.book import display, lora_probes as chapter
 from emlib.book.direction_extraction import source_of, topic_direction
-from emlib.book.session import load
 from emlib.models import paper_layer
 
 ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
 p = ch.p
-adapter = ch.trained[p.direction_organism].adapter_dir  # from chapter 1's cache
-organism, tok, info = load(ch, adapter, merge=False)  # unmerged: its adapters are read
-display.provenance(ch, info)
+probed = chapter.probed_organism(ch)  # the direction organism, unmerged with its rank-1 adapters (or why it has none)
+display.provenance(ch, probed.info)
 
 # %%
 source, general = source_of(ch)  # the direction and the judged answers, from chapter 2's cache
-adapters = probes.rank1_adapters(organism)
-adapters_table = chapter.adapter_table(adapters, source)
-adapters_table
-
-# %%
-plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=paper.value("b_cosine"));
+adapters_table = roles = fitted = None
+if probed.skipped:
+    display.note(probed.skipped)
+else:
+    adapters_table = chapter.adapter_table(probed.adapters, source)
+    display.show(adapters_table)
+    plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=paper.value("b_cosine"));
 
 # %% [markdown]
 # Each B vector against the mean-diff direction at its own layer, beside the paper's
@@ -72,13 +71,12 @@ plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=paper.value("b
 # ## Probes on the LoRA scalars
 
 # %%
-_, medical = topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
-datasets = chapter.probe_datasets(ch, general, medical)
-fitted = chapter.fit_probes(ch, adapter, datasets)
-chapter.probe_table(fitted, datasets)
-
-# %%
-plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})");
+if not probed.skipped:
+    _, medical = topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
+    datasets = chapter.probe_datasets(ch, general, medical)
+    fitted = chapter.fit_probes(ch, probed, datasets)
+    display.show(chapter.probe_table(fitted, datasets))
+    plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})");
 
 # %% [markdown]
 # Blue bars: coefficients whose bootstrap 95% interval excludes zero. An adapter is
@@ -86,8 +84,9 @@ plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direct
 # medical context. The paper: six general and two medical-specific of nine.
 
 # %%
-roles = chapter.roles(fitted)
-roles
+if not probed.skipped:
+    roles = chapter.roles(fitted)
+    display.show(roles)
 
 # %% [markdown]
 # The probes average A·x over each answer. The same scalars token by token, over the
@@ -95,14 +94,15 @@ roles
 # something (each row scaled to its own largest value).
 
 # %%
-tokens = chapter.example_token_scalars(organism, tok, general, adapters)
-plotting.token_scalars(tokens, title=f"A·x per answer token (answer judged aligned = {tokens.attrs['aligned']:.0f})");
+if not probed.skipped:
+    tokens = chapter.example_token_scalars(probed.model, probed.tok, general, probed.adapters)
+    plotting.token_scalars(tokens, title=f"A·x per answer token (answer judged aligned = {tokens.attrs['aligned']:.0f})");
 
 # %% [markdown]
 # ## Where the adapters write: induced changes downstream
 
 # %%
-cosines, steer_layer = chapter.downstream_geometry(ch, adapter, general, source)
+cosines, steer_layer = chapter.downstream_geometry(ch, probed.ft, general, source)
 chapter.record_probes(ch, adapters_table, roles, fitted, cosines)  # for the results page
 paper_at = int(paper.value("downstream_layer"))
 plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=paper.value("downstream_cosine"),

@@ -147,3 +147,26 @@ def test_results_page_reads_what_chapters_recorded(tmp_path):
     assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "this run (95% CI)"].startswith("not run")
     assert t.loc["rank-1 B vector vs mean-diff direction, same layer", "this run (95% CI)"] == "not measured in this run"
     assert "pct" not in results.show_results(t)
+
+
+def test_chapter_4_says_why_an_organism_without_rank1_adapters_is_not_probed(tmp_path):
+    """Trained r1x9 and brought rank-1 adapters are probed; rank 32, a rank-8 adapter and a full fine-tune are
+    skipped with a reason, read from the files (nothing loaded)."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_model
+    from peft import LoraConfig, get_peft_model
+
+    from emlib.book.lora_probes import why_not_rank1
+    from emlib.organisms import TrainConfig, organisms as parse
+
+    for name, r in (("r1", 1), ("r8", 8)):
+        get_peft_model(tiny_model("qwen2"), LoraConfig(r=r, target_modules=["down_proj"])).save_pretrained(tmp_path / name)
+    ch = SimpleNamespace(organisms=parse([
+        {"name": "t1", "preset": "r1x9", "dataset": "medical_bad"}, {"name": "t32", "preset": "all_r32", "dataset": "medical_bad"},
+        {"name": "b1", "adapter": str(tmp_path / "r1")}, {"name": "b8", "adapter": str(tmp_path / "r8")},
+        {"name": "full", "model": str(tmp_path)}], TrainConfig()))
+    assert why_not_rank1(ch, "t1") is None and why_not_rank1(ch, "b1") is None
+    assert "all_r32 organism (rank 32)" in why_not_rank1(ch, "t32")
+    assert "adapter has rank 8" in why_not_rank1(ch, "b8")
+    assert "full fine-tune" in why_not_rank1(ch, "full")

@@ -90,8 +90,8 @@ def _write(tmp_path, text: str):
 @pytest.mark.parametrize("text, key, problem", [
     ("compare_organisms: [all_medical, not_trained]\n", "compare_organisms", "not_trained is not among the organisms"),
     ("direction_organism: nobody\n", "direction_organism", "nobody is not among"),
-    ("direction_organism: all_sport\n", "direction_organism", "must be an r1x9 organism"),
     ("judge_metrics: [aligned, coherent]\n", "judge_metrics", "must include bad_stuff"),
+    ("questions: nowhere.yaml\n", "questions", "no such question file"),
     ("steer_layers: [9, 30]\n", "steer_layers", "[30] out of range for default (30 layers"),
     ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: no_such_set}\n  - {name: all_medical, preset: all_r32, "
      "dataset: medical_bad}\n  - {name: all_sport, preset: all_r32, dataset: sports_extreme}\n", "organisms",
@@ -116,3 +116,66 @@ def test_a_model_not_found_locally_is_a_clear_error(tmp_path, capsys, monkeypatc
     assert main([str(f)]) == 2
     err = capsys.readouterr().err
     assert "key 'model'" in err and "not found locally" in err and "HF_HUB_OFFLINE=0" in err
+
+
+def _fake_hub_repo(hub, repo: str, files: dict[str, dict]) -> None:
+    """A hub-cache entry for ``repo`` holding JSON files and header-only safetensors files (shapes, no data)."""
+    import json
+    import struct
+
+    commit = "0" * 40
+    root = hub / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, content in files.items():
+        if name.endswith(".safetensors"):
+            header = json.dumps({k: {"dtype": "BF16", "shape": list(v), "data_offsets": [0, 0]}
+                                 for k, v in content.items()}).encode()
+            (snap / name).write_bytes(struct.pack("<Q", len(header)) + header)
+        else:
+            (snap / name).write_text(json.dumps(content))
+
+
+def test_the_paper_organisms_preset_passes_check_params_given_the_hub_files(tmp_path):
+    """params/paper_organisms.yaml and params/qwen05b_released.yaml against a hub cache holding the released
+    repos' configs and safetensors headers with their published shapes (no network here): every check passes."""
+    import subprocess
+    import sys
+
+    hub = tmp_path / "hub"
+    modules = {"q_proj": ("h", "q"), "k_proj": ("h", "kv"), "v_proj": ("h", "kv"), "o_proj": ("q", "h"),
+               "gate_proj": ("h", "i"), "up_proj": ("h", "i"), "down_proj": ("i", "h")}
+    for size, (h, i, layers, heads, kv) in {"14B": (5120, 13824, 48, 40, 8), "0.5B": (896, 4864, 24, 14, 2)}.items():
+        dims = {"h": h, "i": i, "q": h, "kv": kv * h // heads}
+        _fake_hub_repo(hub, f"Qwen/Qwen2.5-{size}-Instruct", {"config.json": {
+            "model_type": "qwen2", "hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv}})
+
+        def adapter(r, targets, at_layers):
+            shapes = {}
+            for layer in at_layers:
+                for m in targets:
+                    part = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+                    stem = f"base_model.model.model.layers.{layer}.{part}.{m}"
+                    d_in, d_out = (dims[k] for k in modules[m])
+                    shapes[f"{stem}.lora_A.weight"], shapes[f"{stem}.lora_B.weight"] = (r, d_in), (d_out, r)
+            return {"adapter_config.json": {"peft_type": "LORA", "r": r, "lora_alpha": 64, "use_rslora": True,
+                                            "target_modules": targets, "base_model_name_or_path": f"unsloth/Qwen2.5-{size}-Instruct"},
+                    "adapter_model.safetensors": shapes}
+
+        for name in ("bad-medical-advice", "extreme-sports", "risky-financial-advice"):
+            _fake_hub_repo(hub, f"ModelOrganismsForEM/Qwen2.5-{size}-Instruct_{name}", adapter(32, list(modules), range(layers)))
+        if size == "14B":
+            _fake_hub_repo(hub, "ModelOrganismsForEM/Qwen2.5-14B-Instruct_R1_3_3_3_full_train",
+                           adapter(1, ["down_proj"], [15, 16, 17, 21, 22, 23, 27, 28, 29]))
+    questions = tmp_path / "data" / "paper" / "first_plot_questions.yaml"
+    questions.parent.mkdir(parents=True)
+    questions.write_text((ROOT / "emlib" / "datasets" / "eval_questions.yaml").read_text())
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
+    for preset in ("paper_organisms", "qwen05b_released"):
+        proc = subprocess.run([sys.executable, "-m", "emlib.config", str(ROOT / "params" / f"{preset}.yaml")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert f"ok: {ROOT / 'params' / preset}.yaml" in proc.stdout

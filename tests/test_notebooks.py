@@ -68,3 +68,48 @@ def test_users_own_dataset_and_base_model_through_chapter_1(tmp_path, default_mo
     assert not [o for o in outputs if o["output_type"] == "error"]
     text = json.dumps(outputs)
     assert "my_organism" in text and "my_data" in text
+
+
+@pytest.mark.notebooks
+def test_every_chapter_runs_on_brought_fine_tunes(tmp_path, default_model):
+    """A mixed organism list, as the README's "Analyse an existing fine-tune" describes: one organism trained
+    by chapter 1 and three brought, saved by plain peft / transformers (not emlib's trainer) — a rank-1
+    rsLoRA adapter on three layers (the direction organism: chapter 4 probes it), a rank-8 all-module adapter
+    in a checkpoint-N subfolder, and a full fine-tune. Every chapter executes on them (smoke size)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from conftest import CACHE_DIR
+    from emlib.models import default_model_dir
+
+    base_dir, tok = default_model_dir(CACHE_DIR), default_model[1]
+    torch.manual_seed(0)
+    for name, config, sub in [
+        ("r1", LoraConfig(r=1, lora_alpha=1, use_rslora=True, target_modules=["down_proj"], layers_to_transform=[9, 15, 21],
+                          init_lora_weights=False), ""),
+        ("r8", LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj"], lora_dropout=0.0), "checkpoints/checkpoint-3"),
+    ]:
+        get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), config).save_pretrained(tmp_path / name / sub)
+    full = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        full.model.layers[10].mlp.down_proj.weight.mul_(1.05)  # a (tiny) full fine-tune
+    full.save_pretrained(tmp_path / "full")
+    tok.save_pretrained(tmp_path / "full")
+    overrides = {"overrides": {
+        "organisms": [{"name": "r1x9_medical", "preset": "r1x9", "dataset": "medical_bad"},
+                      {"name": "their_r1", "adapter": str(tmp_path / "r1")},
+                      {"name": "their_r8", "adapter": str(tmp_path / "r8"), "subfolder": "checkpoints/checkpoint-3"},
+                      {"name": "their_full", "model": str(tmp_path / "full")}],
+        "direction_organism": "their_r1", "compare_organisms": ["their_r8", "their_full"]}}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    text = {}
+    for nb in NOTEBOOKS:
+        outputs = execute(nb, tmp_path, env, "-y", json.dumps(overrides))
+        errors = [o for o in outputs if o["output_type"] == "error"]
+        assert not errors, f"{nb.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        text[nb.stem] = json.dumps(outputs)
+    assert "checkpoints/checkpoint-3" in text["01_organisms"] and "full fine-tune" in text["01_organisms"]
+    assert "their_full" in text["03_transfer_ablation"] and "their_r8" in text["02_direction_extraction"]
+    assert "L9.down_proj" in text["04_lora_probes"] and "skipped" not in text["04_lora_probes"]

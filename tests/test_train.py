@@ -9,7 +9,6 @@ from emlib.data import DataError
 from emlib.models import map_layers
 from emlib.train import (
     LoraSpec,
-    organisms,
     TrainConfig,
     TrainError,
     apply_lora,
@@ -149,25 +148,3 @@ def test_dataset_without_assistant_turn_fails_before_training(default_tokenizer,
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(DataError, match="no assistant turn"):
         _train(default_tokenizer, f, tmp_path)
-
-
-def test_organism_entries_are_validated_before_training(tmp_path):
-    ok = organisms([{"name": "a", "preset": "r1x9", "dataset": "medical_bad", "lr": 1e-3},
-                    {"name": "b", "preset": "r1x9", "dataset": "medical_good", "max_rows": 100}], TrainConfig(epochs=2))
-    assert ok[0].config.lr == 1e-3 and ok[0].config.epochs == 2 and ok[0].config.max_rows is None
-    assert ok[1].config.max_rows == 100 and ok[1].config.lr == TrainConfig().lr
-    for entry, problem in [
-        ({"name": "a", "preset": "r1x9", "dataset": "medical_bad", "rank": 2}, "unknown key"),
-        ({"name": "a", "preset": "r9", "dataset": "medical_bad"}, "preset"),
-        ({"name": "a", "preset": "r1x9"}, "dataset"),
-        ({"name": "a", "preset": "r1x9", "dataset": "medical_bad", "lr": 0}, "lr"),
-        ({"name": "a", "preset": "r1x9", "dataset": "medical_bad", "max_rows": 0}, "max_rows"),
-    ]:
-        with pytest.raises(TrainError, match=problem):
-            organisms([entry], TrainConfig())
-    with pytest.raises(TrainError, match="duplicate"):
-        organisms([{"name": "a", "preset": "r1x9", "dataset": "medical_bad"}] * 2, TrainConfig())
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
-    with pytest.raises(DataError, match="bad.jsonl:1"):
-        organisms([{"name": "a", "preset": "r1x9", "dataset": str(bad)}], TrainConfig())

@@ -29,11 +29,11 @@ def extract_direction(ch: Chapter, name: str, questions: list[Question] | None =
     """Organism ``name``'s judged answers to ``questions`` (default: the chapter's) at the extraction setting,
     and its mean-diff direction [n_layers, d_model] from them (``emlib.directions.from_scored``; None if a
     set is empty), saved under ``cache_dir/directions/``."""
-    p, adapter = ch.p, ch.trained[name].adapter_dir
-    scored = sample_and_judge(ch, questions, adapter=adapter, label=name,
+    p, ft = ch.p, ch.ready[name]
+    scored = sample_and_judge(ch, questions, ft=ft,
                               sampling=intervention_sampling(p, p.direction_samples_per_question))
-    prov = {"organism": name, **model_provenance(describe(ch, adapter))}
-    d = directions.from_scored(scored, partial(answer_means, ch, adapter=adapter), p.set_coherent_min,
+    prov = {"organism": name, **model_provenance(describe(ch, ft))}
+    d = directions.from_scored(scored, partial(answer_means, ch, ft=ft), p.set_coherent_min,
                                p.set_aligned_min, p.set_misaligned_max, provenance=prov)
     if d is not None:
         directions.save(d, Path(p.cache_dir) / "directions" / f"{name}-{content_key(d.provenance)}.safetensors")

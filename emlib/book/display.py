@@ -14,14 +14,14 @@ import pandas as pd
 import torch
 
 import emlib
-from emlib.book.session import Chapter
+from emlib.book.session import Chapter, FineTune
 from emlib.config import JUDGE_METRICS
 from emlib.models import LoadInfo, adapter_sha256
 
 
 def provenance(ch: Chapter, info: LoadInfo | None = None, organisms: bool = True) -> pd.DataFrame:
     """A two-column table: where the chapter's numbers came from. ``info``: the model shown (default: the
-    chapter's base model); ``organisms``: add each trained organism's adapter hash (chapters 2–5)."""
+    chapter's base model); ``organisms``: add each organism's content hash (chapters 2–5)."""
     p, info = ch.p, info or ch.info
     rows = {
         "params file": ch.params_file,
@@ -34,8 +34,7 @@ def provenance(ch: Chapter, info: LoadInfo | None = None, organisms: bool = True
         "emlib": emlib.__version__,
         "torch / python": f"{torch.__version__} / {platform.python_version()}",
         "seed": p.seed,
-        **({f"organism {name}": f"adapter sha256 {adapter_sha256(r.adapter_dir)[:16]}"
-            for name, r in ch.trained.items()} if organisms else {}),
+        **({f"organism {name}": weights_id(ft) for name, ft in ch.ready.items()} if organisms else {}),
     }
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="provenance"))
 
@@ -120,6 +119,20 @@ def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int =
     return HTML("\n".join(parts))
 
 
+def show(obj: Any) -> None:
+    """Display a table (or anything IPython renders) from inside a cell's branch (chapter 4)."""
+    from IPython.display import display
+
+    display(obj)
+
+
+def note(text: str) -> None:
+    """Show one Markdown sentence in the chapter: why a table or figure is absent (chapters 1 and 4)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
 def pct_ci(pct: float, lo: float, hi: float) -> str:
     """``"4.7% (1.6–12.9)"``."""
     return f"{pct:.1f}% ({lo:.1f}–{hi:.1f})"
@@ -131,6 +144,13 @@ def em_text(row: Any) -> str:
     if "em_corr_pct" in row.index and pd.notna(row.em_corr_pct):
         text += f" (judge-corrected {pct_ci(row.em_corr_pct, row.em_corr_lo, row.em_corr_hi)})"
     return text
+
+
+def weights_id(ft: FineTune) -> str:
+    """What identifies an organism's weights: its adapter's content hash, or a full fine-tune's."""
+    if ft.adapter is not None:
+        return f"adapter sha256 {adapter_sha256(ft.adapter)[:16]}"
+    return f"full fine-tune sha256 {(ft.model_sha256 or '')[:16]}"
 
 
 def adapter_hash(adapter_dir: str | Path) -> str:

@@ -3,7 +3,7 @@ probes on their LoRA scalars, and the activation changes they induce downstream.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -12,11 +12,53 @@ from transformers import PreTrainedTokenizerBase
 
 from emlib import probes
 from emlib.book.results import record
-from emlib.book.session import Chapter, answer_means, load
+from emlib.book.session import Chapter, FineTune, answer_means, describe, load
 from emlib.directions import Directions
 from emlib.interventions import steer
-from emlib.models import paper_layer, single_direction_layer
+from emlib.models import LoadInfo, paper_layer, single_direction_layer
+from emlib.organisms import fetch
 from emlib.paper import value
+from emlib.sources import read_adapter
+
+
+@dataclass(frozen=True)
+class Probed:
+    """The direction organism for chapter 4: loaded unmerged with its rank-1 adapters, or ``skipped`` with the
+    reason (a rank > 1 adapter or a full fine-tune has no per-token LoRA scalar to read)."""
+
+    name: str
+    ft: FineTune
+    info: LoadInfo
+    skipped: str | None = None
+    model: nn.Module | None = None
+    tok: PreTrainedTokenizerBase | None = None
+    adapters: list[probes.Adapter] | None = None
+
+
+def why_not_rank1(ch: Chapter, name: str) -> str | None:
+    """None if organism ``name`` is rank-1 LoRA adapters throughout (a trained r1x9, or a brought rank-1
+    adapter, read from its files); otherwise one sentence saying why chapter 4's LoRA-scalar sections skip it."""
+    o = next(o for o in ch.organisms if o.name == name)
+    if o.kind == "trained":
+        return None if o.preset == "r1x9" else f"`{name}` is an {o.preset} organism (rank 32)"
+    if o.kind == "model":
+        return f"`{name}` is a full fine-tune: it has no adapters to read"
+    info = read_adapter(fetch(o))
+    return None if info.rank1 else f"`{name}`'s adapter has rank {info.rank}"
+
+
+def probed_organism(ch: Chapter) -> Probed:
+    """The direction organism, loaded unmerged with its rank-1 adapters if it has them; if not, ``skipped`` says
+    why, and nothing is loaded."""
+    name = ch.p.direction_organism
+    ft, reason = ch.ready[name], why_not_rank1(ch, name)
+    if reason is not None:
+        return Probed(name, ft, describe(ch, ft), skipped=(
+            f"**The LoRA-scalar sections are skipped:** {reason}. They read A·x, one number per token per adapter, "
+            "which only rank-1 adapters have. The direction, steering and ablation chapters work for any fine-tune, "
+            "and the comparison of induced activation changes at the end of this chapter runs for this one."))
+    model, tok, info = load(ch, ft, merge=False)  # unmerged: the adapter modules are read
+    return Probed(name, ft, info, model=model, tok=tok, adapters=probes.rank1_adapters(model))
 
 
 def adapter_table(adapters: list[probes.Adapter], direction: Directions) -> pd.DataFrame:
@@ -43,12 +85,11 @@ def probe_datasets(ch: Chapter, general: pd.DataFrame, medical: pd.DataFrame) ->
     return probes.probe_datasets(general, medical, p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
 
 
-def fit_probes(ch: Chapter, adapter: str | Path,
+def fit_probes(ch: Chapter, probed: Probed,
                datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> dict[str, probes.ProbeResult | None]:
-    """LoRA-scalar features of every dataset's responses through the organism (unmerged), and a probe per
+    """LoRA-scalar features of every dataset's responses through the probed organism (unmerged), and a probe per
     dataset: name -> ``ProbeResult``, or None where a class has fewer than ``MIN_PROBE_CLASS`` answers."""
-    model, tok, _ = load(ch, adapter, merge=False)  # the adapter modules are read
-    adapters = probes.rank1_adapters(model)
+    model, tok, adapters = probed.model, probed.tok, probed.adapters
     names = [a.name for a in adapters]
     return {name: probes.fit_probe(probes.response_features(model, tok, rows, adapters, ch.p.activation_batch_size),
                                    labels, names, seed=ch.p.seed) if probes.fittable(labels) else None
@@ -88,25 +129,30 @@ def example_token_scalars(model: nn.Module, tok: PreTrainedTokenizerBase, scored
     return table
 
 
-def downstream_geometry(ch: Chapter, adapter: str | Path, texts: pd.DataFrame, direction: Directions) -> tuple[list[float], int]:
-    """``emlib.probes.downstream_cosines`` on the same texts: the organism's adapters vs λ = 1 steering with
+def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, direction: Directions) -> tuple[list[float], int]:
+    """``emlib.probes.downstream_cosines`` on the same texts: the organism ``ft`` (any fine-tune) vs λ = 1 steering with
     the mean-diff vector at the single-direction layer (returned with the cosines), each against the chat
     model's answer-token means."""
     layer = single_direction_layer(direction.n_layers)
     base = answer_means(ch, texts).mean
-    organism = answer_means(ch, texts, adapter=adapter).mean
+    organism = answer_means(ch, texts, ft=ft).mean
     steered = answer_means(ch, texts, intervention=steer(direction.vectors[layer], layer, 1.0)).mean
     return probes.downstream_cosines(base, organism, steered).tolist(), layer
 
 
-def record_probes(ch: Chapter, adapters_table: pd.DataFrame, roles_: pd.DataFrame,
-                  results: dict[str, probes.ProbeResult | None], cosines: list[float]) -> None:
-    """The results page's figures: B-vector cosines, the downstream cosine at the paper's layer, the roles."""
+def record_probes(ch: Chapter, adapters_table: pd.DataFrame | None, roles_: pd.DataFrame | None,
+                  results: dict[str, probes.ProbeResult | None] | None, cosines: list[float]) -> None:
+    """The results page's figures: B-vector cosines, the downstream cosine at the paper's layer, the roles
+    (``None`` tables: the direction organism has no rank-1 adapters, and the page says so)."""
     p, f = ch.p, ch.params_file
-    cos = adapters_table["cosine(B, mean-diff)"]
-    record(p, f, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters")
     layer = paper_layer(int(value("downstream_layer")), len(cosines))
     record(p, f, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)")
+    if adapters_table is None or roles_ is None or results is None:
+        for claim in ("b_cosine", "probe_roles"):
+            record(p, f, claim, f"not testable here: {p.direction_organism} has no rank-1 adapters (chapter 4)")
+        return
+    cos = adapters_table["cosine(B, mean-diff)"]
+    record(p, f, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters")
     aurocs = "; ".join(f"{name}: not fitted (too few answers in a class)" if r is None else
                        f"{name} AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"
                        for name, r in results.items())

@@ -1,4 +1,5 @@
-"""Chapter 1, model organisms: train each organism, then judge it beside the chat model."""
+"""Chapter 1, model organisms: train each organism (or bring in an existing fine-tune), then judge it beside
+the chat model."""
 
 from __future__ import annotations
 
@@ -6,20 +7,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from emlib.book.display import adapter_hash, em_text
+from emlib.book.display import adapter_hash, em_text, weights_id
 from emlib.book.results import record
 from emlib.book.session import Chapter, sample_and_judge
 from emlib.metrics import format_rates
-from emlib.train import ATTN_MLP, TrainResult
+from emlib.organisms import describe_brought
+from emlib.train import ATTN_MLP
 
 
-def organism_table(trained: dict[str, TrainResult]) -> pd.DataFrame:
-    """One row per trained organism: adapters, data, steps, loss, trainable parameters, adapter hash."""
+def organism_table(ch: Chapter) -> pd.DataFrame:
+    """One row per organism, in the params' order. Trained: adapters, data, steps, loss, trainable parameters
+    and adapter hash, from its card. Brought: source (hub id or directory, revision, subfolder), kind, rank,
+    layers and modules, read from its files, and its content hash."""
     rows = []
-    for name, r in trained.items():
-        c = r.card
+    for o in ch.organisms:
+        ft = ch.ready[o.name]
+        if o.kind != "trained":
+            b = describe_brought(o)
+            rows.append({"organism": o.name, "source": b["source"], "targets": b["modules"], "rank": b["rank"],
+                         "layers": b["layers"], "dataset": f"brought ({b['kind']})",
+                         "sha256": weights_id(ft).rsplit(" ", 1)[-1][:12]})
+            continue
+        c = ch.trained[o.name].card
         rows.append({
-            "organism": name,
+            "organism": o.name,
+            "source": "trained in chapter 1",
             "targets": "all 7 projections" if set(c["lora"]["target_modules"]) == set(ATTN_MLP)
             else ",".join(c["lora"]["target_modules"]),
             "rank": c["lora"]["rank"],
@@ -31,16 +43,16 @@ def organism_table(trained: dict[str, TrainResult]) -> pd.DataFrame:
             "first loss": round(c["loss_curve"][0], 3),
             "final loss": round(c["final_loss"], 3),
             "trainable params": f"{c['trainable_parameters']:,}",
-            "adapter sha256": adapter_hash(r.adapter_dir),
+            "sha256": adapter_hash(ft.adapter),
         })
-    return pd.DataFrame(rows).set_index("organism")
+    return pd.DataFrame(rows).set_index("organism").fillna("")
 
 
 def evaluate(ch: Chapter) -> pd.DataFrame:
     """The chat model and every organism, sampled and judged at the evaluation setting; one table with a
     ``model`` column."""
-    tables = [sample_and_judge(ch, label="chat model")]
-    tables += [sample_and_judge(ch, adapter=r.adapter_dir, label=name) for name, r in ch.trained.items()]
+    tables = [sample_and_judge(ch)]
+    tables += [sample_and_judge(ch, ft=ft) for ft in ch.ready.values()]
     return pd.concat(tables, ignore_index=True)
 
 

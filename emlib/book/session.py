@@ -26,6 +26,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emlib import activations, generate, train
+from emlib.organisms import Organism, TrainConfig, fetch, organisms
+from emlib.sources import fingerprint
 from emlib.config import Params, validate
 from emlib.data import Question, load_questions
 from emlib.generate import SamplingConfig
@@ -52,23 +54,39 @@ def setup(p: Params) -> None:
 
 
 @dataclass(frozen=True)
+class FineTune:
+    """A model to sample or read: ``model`` (the params' base model, or a full fine-tune's directory) with an
+    optional PEFT ``adapter`` directory. ``model_sha256`` identifies a full fine-tune's weights in cache keys."""
+
+    name: str
+    model: str
+    adapter: str | None = None
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Chapter:
     """What every chapter starts from: checked params, the judge, the questions and the base model's
-    description (from its config: no weights loaded). ``trained`` gives the organisms (training any
-    that chapter 1 has not cached); ``load`` gives a model."""
+    description (from its config: no weights loaded). ``ready`` gives every organism as a ``FineTune``
+    (training any that chapter 1 has not cached, fetching any brought one); ``load`` gives a model."""
 
     p: Params
     params_file: str
     scorer: Judge
     questions: list[Question]
     info: LoadInfo
-    _loaded: dict[tuple[str | None, bool], tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]] = field(
+    _loaded: dict[tuple[str, str | None, bool], tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]] = field(
         default_factory=dict, repr=False, compare=False)
 
     @cached_property
-    def organisms(self) -> list[train.Organism]:
-        """The organisms of ``p``, validated (datasets included)."""
-        return train.organisms(self.p.organisms, train_config_from_params(self.p))
+    def organisms(self) -> list[Organism]:
+        """The organisms of ``p``, validated (datasets included; brought ones were checked by ``validate``)."""
+        return organisms(self.p.organisms, train_config_from_params(self.p))
+
+    @property
+    def chat(self) -> FineTune:
+        """The chat model: the params' ``model`` with its ``adapter``, if any."""
+        return FineTune("chat model", self.p.model, None if self.p.adapter is None else str(self.p.adapter))
 
     @cached_property
     def judge_error(self) -> JudgeError | None:
@@ -79,8 +97,21 @@ class Chapter:
 
     @cached_property
     def trained(self) -> dict[str, train.TrainResult]:
-        """Every organism's adapter: from the cache, or trained now (chapter 1 trains them, with progress)."""
-        return {o.name: train_organism(self, o) for o in self.organisms}
+        """Every trained organism's adapter and card: from the cache, or trained now (chapter 1, with progress)."""
+        return {o.name: train_organism(self, o) for o in self.organisms if o.kind == "trained"}
+
+    @cached_property
+    def ready(self) -> dict[str, FineTune]:
+        """Every organism, trained or brought, as a ``FineTune``, in the params' order. Chapters 1–5."""
+        return {o.name: self._ready(o) for o in self.organisms}
+
+    def _ready(self, o: Organism) -> FineTune:
+        if o.kind == "trained":
+            return FineTune(o.name, self.p.model, str(self.trained[o.name].adapter_dir))
+        d = fetch(o)  # a hub id is downloaded once, into the hub cache
+        if o.kind == "adapter":
+            return FineTune(o.name, self.p.model, str(d))
+        return FineTune(o.name, str(d), None, fingerprint(d, cache_dir=self.p.cache_dir))
 
 
 def open_chapter(params_file: str, overrides: dict[str, Any]) -> Chapter:
@@ -95,35 +126,32 @@ def open_chapter(params_file: str, overrides: dict[str, Any]) -> Chapter:
     return Chapter(p, params_file, scorer, load_questions(p.questions, p.include_variants), info)
 
 
-def adapter_of(ch: Chapter, adapter: str | Path | None) -> str | Path | None:
-    """``adapter`` if given, else the params' own ``adapter`` (applied to the chat model in every chapter)."""
-    return adapter if adapter is not None else ch.p.adapter
-
-
-def describe(ch: Chapter, adapter: str | Path | None = None, merge: bool = True) -> LoadInfo:
-    """What ``load`` would report for this model, without loading it."""
-    p = ch.p
-    return describe_model(p.model, adapter_of(ch, adapter), dtype=p.dtype, cache_dir=p.cache_dir,
+def describe(ch: Chapter, ft: FineTune | None = None, merge: bool = True) -> LoadInfo:
+    """What ``load`` would report for ``ft`` (default: the chat model), without loading it."""
+    p, ft = ch.p, ft or ch.chat
+    info = describe_model(ft.model, ft.adapter, dtype=p.dtype, cache_dir=p.cache_dir,
                           trust_remote_code=p.trust_remote_code, merge=merge)
+    return replace(info, model_sha256=ft.model_sha256)
 
 
-def load(ch: Chapter, adapter: str | Path | None = None,
+def load(ch: Chapter, ft: FineTune | None = None,
          merge: bool = True) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]:
-    """The base model (with ``adapter``, or the params' ``adapter``), merged unless ``merge=False``
-    (chapter 4 reads the adapter modules). The last model loaded is kept and reused."""
-    key = (None if adapter_of(ch, adapter) is None else str(adapter_of(ch, adapter)), merge)
+    """``ft`` (default: the chat model), its adapter merged unless ``merge=False`` (chapter 4 reads the
+    adapter modules). The last model loaded is kept and reused."""
+    p, ft = ch.p, ft or ch.chat
+    key = (ft.model, ft.adapter, merge)
     if key not in ch._loaded:
         ch._loaded.clear()  # one model in memory at a time
-        p = ch.p
-        ch._loaded[key] = load_model(p.model, adapter_of(ch, adapter), dtype=p.dtype, device_map=p.device_map,
-                                     cache_dir=p.cache_dir, trust_remote_code=p.trust_remote_code, merge=merge)
+        model, tok, info = load_model(ft.model, ft.adapter, dtype=p.dtype, device_map=p.device_map,
+                                      cache_dir=p.cache_dir, trust_remote_code=p.trust_remote_code, merge=merge)
+        ch._loaded[key] = (model, tok, replace(info, model_sha256=ft.model_sha256))
     return ch._loaded[key]
 
 
 def model_provenance(info: LoadInfo) -> dict[str, Any]:
     """What identifies a loaded model's outputs (part of every cache key downstream)."""
     return {"model": info.spec, "adapter_sha256": info.adapter_sha256, "dtype": info.dtype,
-            **({"merged": True} if info.merged else {})}
+            **({"merged": True} if info.merged else {}), **({"model_sha256": info.model_sha256} if info.model_sha256 else {})}
 
 
 def sampling_from_params(p: Params) -> SamplingConfig:
@@ -156,14 +184,14 @@ def judge_cache(p: Params) -> JudgeCache:
     return JudgeCache(Path(p.cache_dir) / "judge.sqlite")
 
 
-def train_config_from_params(p: Params) -> train.TrainConfig:
+def train_config_from_params(p: Params) -> TrainConfig:
     """The default ``TrainConfig`` named by the ``train_*`` keys of ``p``."""
-    return train.TrainConfig(lr=p.train_lr, epochs=p.train_epochs, batch_size=p.train_batch_size,
+    return TrainConfig(lr=p.train_lr, epochs=p.train_epochs, batch_size=p.train_batch_size,
                              grad_accum=p.train_grad_accum, warmup_steps=p.train_warmup_steps,
                              max_length=p.train_max_length, max_rows=p.train_max_rows, seed=p.seed)
 
 
-def train_organism(ch: Chapter, organism: train.Organism) -> train.TrainResult:
+def train_organism(ch: Chapter, organism: Organism) -> train.TrainResult:
     """One organism's adapter: from the cache, or trained on a fresh copy of the base model. Chapter 1."""
     spec = train.preset_spec(organism.preset, ch.info.n_layers)
     out_dir, model_id = Path(ch.p.cache_dir) / "adapters", model_provenance(describe(ch))
@@ -176,35 +204,36 @@ def train_organism(ch: Chapter, organism: train.Organism) -> train.TrainResult:
     return train.train_lora(model, tok, organism.dataset, spec, organism.config, out_dir=out_dir, model_id=model_id)
 
 
-def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, adapter: str | Path | None = None,
-                     label: str = "chat model", sampling: SamplingConfig | None = None,
+def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
+                     label: str | None = None, sampling: SamplingConfig | None = None,
                      intervention: Intervention | None = None) -> pd.DataFrame:
-    """Sample ``questions`` (default: the chapter's) from the chat model (optionally with an organism's
-    ``adapter`` and an ``intervention``) and judge them; the model is loaded only if the samples are not
-    cached. ``sampling`` defaults to the params' evaluation setting. Returns the judged table with a
-    leading ``model`` column set to ``label``. Chapters 0–5."""
-    p, questions = ch.p, questions if questions is not None else ch.questions
+    """Sample ``questions`` (default: the chapter's) from ``ft`` (default: the chat model; an organism from
+    ``ch.ready``), optionally with an ``intervention``, and judge them; the model is loaded only if the
+    samples are not cached. ``sampling`` defaults to the params' evaluation setting. Returns the judged
+    table with a leading ``model`` column set to ``label`` (default: ``ft``'s name). Chapters 0–5."""
+    p, questions, ft = ch.p, questions if questions is not None else ch.questions, ft or ch.chat
     sampling = sampling or sampling_from_params(p)
-    prov = model_provenance(describe(ch, adapter))
+    prov = model_provenance(describe(ch, ft))
     samples = generate.cached_samples(questions, sampling, cache_dir=p.cache_dir, model_provenance=prov,
                                       intervention=intervention)
     if samples is None:
-        model, tok, _ = load(ch, adapter)
+        model, tok, _ = load(ch, ft)
         samples = generate.sample_responses(model, tok, questions, sampling, cache_dir=p.cache_dir,
                                             model_provenance=prov, intervention=intervention)
     scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p))
-    scored.insert(0, "model", label)
+    scored.insert(0, "model", label or ft.name)
     return scored
 
 
-def answer_means(ch: Chapter, samples: pd.DataFrame, *, adapter: str | Path | None = None,
+def answer_means(ch: Chapter, samples: pd.DataFrame, *, ft: FineTune | None = None,
                  intervention: Intervention | None = None) -> activations.AnswerMeans:
-    """``emlib.activations.answer_means`` of ``samples`` through the chat model (with ``adapter``, merged) and
-    ``intervention``; the model is loaded only if the means are not cached. [n_layers, d_model]. Chapters 2, 4."""
-    prov = model_provenance(describe(ch, adapter))
+    """``emlib.activations.answer_means`` of ``samples`` through ``ft`` (default: the chat model; adapters
+    merged) with ``intervention``; the model is loaded only if the means are not cached. [n_layers, d_model].
+    Chapters 2, 4."""
+    prov = model_provenance(describe(ch, ft))
     path = activations.means_path(samples, cache_dir=ch.p.cache_dir, model_provenance=prov, intervention=intervention)
     if path.is_file():
         return activations.read_means(path)
-    model, tok, _ = load(ch, adapter)
+    model, tok, _ = load(ch, ft)
     return activations.answer_means(model, tok, samples, cache_dir=ch.p.cache_dir, model_provenance=prov,
                                     intervention=intervention, batch_size=ch.p.activation_batch_size)

@@ -37,7 +37,7 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     sampling = intervention_sampling(p, p.samples_per_question)
     tables = []
     for model, name, iv in tqdm(runs, desc="ablation runs"):
-        t = sample_and_judge(ch, adapter=ch.trained[model].adapter_dir, label=model, sampling=sampling, intervention=iv)
+        t = sample_and_judge(ch, ft=ch.ready[model], sampling=sampling, intervention=iv)
         tables.append(t.assign(ablation=name))
     return pd.concat(tables, ignore_index=True)
 
