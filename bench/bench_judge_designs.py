@@ -16,6 +16,8 @@ hand-written calibration set) and scores the held-out fold; folds come from
   pairs with a 3-output regression head, calibrated the same way (slow on a CPU).
 
     .venv/bin/python bench/bench_judge_designs.py [--cross-encoder] [--out bench/out/judge_designs.json]
+    # the cross-encoder alone on a GPU (MiniLM weights carried as a directory):
+    python bench/bench_judge_designs.py --designs cross-encoder --device cuda --embedder DIR --epochs 3
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _calibrated(fit, x, y, groups, real, cuts, seed):
 
 
 def cross_encoder_scores(frame: pd.DataFrame, train_rows: np.ndarray, score_rows: list[np.ndarray], seed: int,
-                         epochs: int = 2) -> list[np.ndarray]:
+                         epochs: int = 2, device: str = "cpu", embedder: str | None = None) -> list[np.ndarray]:
     """Fine-tune MiniLM on (question, answer) -> the three labels of ``train_rows``; its predictions (0–100)
     [len(rows), 3] for each array of ``score_rows``."""
     import torch
@@ -80,15 +82,16 @@ def cross_encoder_scores(frame: pd.DataFrame, train_rows: np.ndarray, score_rows
     from emlib.judge_features import embedder_dir
 
     torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(embedder_dir())
-    enc = AutoModel.from_pretrained(embedder_dir(), use_safetensors=True)
-    head = torch.nn.Linear(enc.config.hidden_size, 3)
+    path = embedder or embedder_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = AutoModel.from_pretrained(path, use_safetensors=True, dtype=torch.float32).to(device)
+    head = torch.nn.Linear(enc.config.hidden_size, 3).to(device)
     opt = torch.optim.AdamW(list(enc.parameters()) + list(head.parameters()), lr=4e-5, weight_decay=0.01)
-    y = torch.tensor(frame[list(OFFLINE_METRICS)].to_numpy() / 100, dtype=torch.float32)
+    y = torch.tensor(frame[list(OFFLINE_METRICS)].to_numpy() / 100, dtype=torch.float32, device=device)
 
     def forward(rows):
         b = tok(list(frame["question"].iloc[rows]), list(frame["response"].iloc[rows]), padding=True, truncation=True,
-                max_length=256, return_tensors="pt")
+                max_length=256, return_tensors="pt").to(device)
         h = enc(**b).last_hidden_state
         m = b["attention_mask"][..., None].float()
         return head((h * m).sum(1) / m.sum(1))
@@ -103,7 +106,7 @@ def cross_encoder_scores(frame: pd.DataFrame, train_rows: np.ndarray, score_rows
             opt.step()
     enc.eval()
     with torch.no_grad():
-        return [100 * np.concatenate([forward(c).numpy() for c in np.array_split(r, max(1, len(r) // 32))])
+        return [100 * np.concatenate([forward(c).float().cpu().numpy() for c in np.array_split(r, max(1, len(r) // 32))])
                 for r in score_rows]
 
 
@@ -122,21 +125,25 @@ def evaluate(name: str, held: pd.DataFrame, seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cross-encoder", action="store_true")
+    ap.add_argument("--designs", default="all-hgb,no-lm,embed-logreg,all-ridge", help="comma-separated subset")
+    ap.add_argument("--device", default="cpu", help="the cross-encoder's device")
+    ap.add_argument("--embedder", default=None, help="MiniLM directory (default: the installed package's)")
+    ap.add_argument("--epochs", type=int, default=2, help="the cross-encoder's fine-tuning epochs")
     ap.add_argument("--out", default="bench/out/judge_designs.json")
     args = ap.parse_args()
+    designs = args.designs.split(",") + (["cross-encoder"] if args.cross_encoder else [])
     judge = OfflineJudge(CACHE)
     frame, f = judge._training
     groups, real = frame["source"].to_numpy(), frame["real"].to_numpy()
     rows = np.flatnonzero(real)
     results = []
-    t0 = time.perf_counter()
-    results.append(evaluate("all-hgb (shipped)", judge.held_out(), time.perf_counter() - t0))
-    print(results[-1], flush=True)
-    t0 = time.perf_counter()
-    no_lm = OfflineJudge(CACHE, views=("embedding", "text"))
-    results.append(evaluate("all-hgb, no lm", no_lm.held_out(), time.perf_counter() - t0))
-    print(results[-1], flush=True)
-    for name in ("embed-logreg", "all-ridge") + (("cross-encoder",) if args.cross_encoder else ()):
+    for name, views in (("all-hgb", None), ("no-lm", ("embedding", "text"))):
+        if name in designs:
+            t0 = time.perf_counter()
+            held = (judge if views is None else OfflineJudge(CACHE, views=views)).held_out()
+            results.append(evaluate("all-hgb (shipped)" if views is None else "all-hgb, no lm", held, time.perf_counter() - t0))
+            print(results[-1], flush=True)
+    for name in [d for d in ("embed-logreg", "all-ridge", "cross-encoder") if d in designs]:
         t0 = time.perf_counter()
         held = frame.iloc[rows].copy()
         for train, test in grouped_folds(groups[rows], n_folds=FOLDS, seed=0):
@@ -144,7 +151,8 @@ def main() -> None:
             fit_real = np.zeros(len(frame), bool)
             fit_real[rows[train]] = True
             if name == "cross-encoder":  # calibrated on its own (in-sample) training-fold predictions
-                on_train, on_test = cross_encoder_scores(frame, keep, [rows[train], rows[test]], seed=0)
+                on_train, on_test = cross_encoder_scores(frame, keep, [rows[train], rows[test]], seed=0, epochs=args.epochs,
+                                                         device=args.device, embedder=args.embedder)
                 for k, m in enumerate(OFFLINE_METRICS):
                     points = calibrate(on_train[:, k], frame[m].to_numpy()[rows[train]], CUTS[m])
                     held.loc[held.index[test], f"judge_{m}"] = to_scale(on_test[:, k], points)
@@ -158,10 +166,12 @@ def main() -> None:
                 else:
                     predict = _calibrated(_ridge, x[keep], y[keep], groups[keep], fit_real[keep], CUTS[m], 0)
                 held.loc[held.index[test], f"judge_{m}"] = predict(x[rows[test]])
-        results.append(evaluate(name, held, time.perf_counter() - t0))
+        results.append(evaluate(f"{name} ({args.epochs} epochs)" if name == "cross-encoder" else name, held,
+                                time.perf_counter() - t0))
         print(results[-1], flush=True)
     table = pd.DataFrame(results).set_index("design")
     print(table.drop(columns=["EM tp/fn/tn/fp"]).round(3).to_string())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=float))
 
 
