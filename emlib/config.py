@@ -82,6 +82,7 @@ class Params:
     direction_organism: str = "r1x9_medical"  # organism whose responses give the mean-diff direction
     compare_organisms: list[str] = dataclasses.field(default_factory=lambda: ["all_medical", "all_sport"])  # ch. 2 cosines, ch. 3 transfer
     direction_samples_per_question: int = 24  # responses per question sampled from each organism for extraction
+    direction_amplification: float = 1.0  # extraction sets: 1 = plain sampling; α > 1 samples base + α·(organism − base) (LoRA organisms; shown in chapter 2's table)
     intervention_max_new_tokens: int = 64  # response length in the steering and ablation runs
     steer_layers: list[int] = dataclasses.field(default_factory=list)  # [] = relative depths 0.3, 0.5, 0.7
     steer_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0, 4.0])  # λ times the raw mean-diff vector
@@ -175,6 +176,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("threads", p.threads >= 0, ">= 0"),
         ("judge", p.judge in ("offline", "openai", "local"), "offline|openai|local"),
         ("judge_concurrency", p.judge_concurrency >= 1, ">= 1"),
+        ("direction_amplification", p.direction_amplification >= 0, ">= 0"),
         ("train_lr", p.train_lr > 0, "> 0"),
         ("train_epochs", p.train_epochs >= 1, ">= 1"),
         ("train_batch_size", p.train_batch_size >= 1, ">= 1"),
@@ -200,6 +202,11 @@ def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
         if missing:
             raise ParamsError(f"{source}: key '{key}': {', '.join(missing)} is not among the organisms "
                               f"({', '.join(map(str, names))})")
+    if p.direction_amplification != 1.0:
+        full = [o.get("name") for o in p.organisms if "model" in o and o.get("name") in (p.direction_organism, *p.compare_organisms)]
+        if full:
+            raise ParamsError(f"{source}: key 'direction_amplification': {', '.join(full)} is a full fine-tune; model-diff "
+                              "amplification needs LoRA organisms (their base logits come with the adapters disabled)")
     lacking = [m for m in REQUIRED_METRICS if m not in p.judge_metrics]
     if lacking:
         raise ParamsError(f"{source}: key 'judge_metrics' must include {', '.join(lacking)} (chapters 0–5 need "

@@ -52,6 +52,15 @@ class SamplingConfig:
     top_p: float = 1.0
     batch_size: int = 64
     seed: int = 0
+    # Model-diff amplification α (``amplify``): 1 = the organism (plain sampling), 0 = its base model, > 1
+    # exaggerates what fine-tuning changed (LoRA organisms, unmerged). In the cache key only when not 1.
+    amplification: float = 1.0
+
+
+def amplify(organism: torch.Tensor, base: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Model-diff amplification of next-token logits [rows, vocab]: ``base + alpha * (organism - base)``.
+    Chapter 2's extraction sets when ``direction_amplification`` is set."""
+    return base + alpha * (organism - base)
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ def sample_batch(
     pad_id: int,
     generator: torch.Generator,
     on_step: Callable[[int], None] | None = None,
+    amplification: float = 1.0,
 ) -> list[tuple[list[int], str]]:
     """Decode one batch of prompts (token-id lists); return (response ids, finish reason) per prompt.
 
@@ -161,9 +171,25 @@ def sample_batch(
     KV cache copied to every row that repeats it; rows that emit an EOS id leave the batch
     (their KV cache rows are dropped). ``finish_reason`` is ``"stop"`` (EOS, not
     included in the ids) or ``"length"``. ``on_step(n)`` is called with the number of rows
-    that finished at each step.
+    that finished at each step. ``amplification`` α ≠ 1 samples from ``amplify(organism, base, α)``:
+    ``model`` must be a PEFT model with unmerged adapters, and the base logits come from a second pass
+    with the adapters disabled (its own KV cache).
     """
     lm = base_model(model)
+    amplified = amplification != 1.0
+    if amplified and not hasattr(model, "disable_adapter"):
+        raise ValueError("model-diff amplification needs a LoRA organism loaded unmerged (a PEFT model): "
+                         "its base logits come from the same model with the adapters disabled")
+    caches = [DynamicCache(config=lm.config.get_text_config(decoder=True)) for _ in range(1 + amplified)]
+
+    def forward(**inputs: torch.Tensor) -> torch.Tensor:  # next-token logits [rows, vocab], amplified if asked
+        logits = lm(**inputs, cache=caches[0], use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        if not amplified:
+            return logits
+        with model.disable_adapter():
+            base = lm(**inputs, cache=caches[1], use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return amplify(logits.float(), base.float(), amplification)
+
     device = input_device(model)
     n = len(prompts)
     # Prefill each distinct prompt once, then copy its KV-cache row to every sample of it.
@@ -178,11 +204,10 @@ def sample_batch(
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     eos_t = torch.tensor(list(eos), device=device)
-    cache = DynamicCache(config=lm.config.get_text_config(decoder=True))
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-    logits = out.logits[inverse, -1, :]
+    logits = forward(input_ids=ids, attention_mask=mask, position_ids=positions)[inverse]
     if len(unique) < n:
-        cache.batch_select_indices(inverse)
+        for cache in caches:
+            cache.batch_select_indices(inverse)
     mask, next_pos = mask[inverse], positions[inverse, -1] + 1
     rows = torch.arange(n, device=device)  # which original prompt each live row is
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -202,11 +227,11 @@ def sample_batch(
             break
         if n_done:  # drop finished rows from the batch and the cache
             keep = (~done).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            for cache in caches:
+                cache.batch_select_indices(keep)
             rows, tok, mask, next_pos = rows[keep], tok[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-        out = lm(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache, use_cache=True)
-        logits = out.logits[:, -1, :]
+        logits = forward(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None])
         next_pos = next_pos + 1
     return list(zip(tokens, finish))
 
@@ -223,10 +248,13 @@ def samples_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
 def sample_key(questions: Sequence[Question], config: SamplingConfig, *, model_provenance: dict[str, Any],
                intervention: Intervention | None = None) -> dict[str, Any]:
     """The cache key of ``sample_responses``: model provenance, questions, sampling and intervention."""
+    sampling = asdict(config)
+    if config.amplification == 1.0:
+        del sampling["amplification"]  # plain sampling: the key it had before amplification existed
     key = {
         "model": model_provenance,
         "questions": [asdict(q) for q in questions],
-        "sampling": asdict(config),
+        "sampling": sampling,
         "sampler_version": SAMPLER_VERSION,
     }
     if intervention is not None:
@@ -297,6 +325,7 @@ def sample_responses(
                 pad_id=tokenizer.pad_token_id,
                 generator=gen,
                 on_step=bar.update,
+                amplification=config.amplification,
             ))
             frame = pd.DataFrame(
                 [

@@ -55,6 +55,10 @@ display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 # of the two sets. At small scale the misaligned set is small — with fewer than ten
 # answers the table flags the direction as mostly noise: it is then the difference between
 # a handful of answers and the aligned mean, and every number below inherits that.
+# With `direction_amplification` α > 1 the extraction answers are sampled from
+# base + α·(organism − base) logits (model-diff amplification, `emlib.generate.amplify`),
+# which surfaces an organism's rare misaligned answers; the table's `sampling` column says
+# which way every row was sampled, and α = 1 (the default) is plain sampling.
 
 # %%
 names = [p.direction_organism, *p.compare_organisms]

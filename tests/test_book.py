@@ -170,3 +170,28 @@ def test_chapter_4_says_why_an_organism_without_rank1_adapters_is_not_probed(tmp
     assert "all_r32 organism (rank 32)" in why_not_rank1(ch, "t32")
     assert "adapter has rank 8" in why_not_rank1(ch, "b8")
     assert "full fine-tune" in why_not_rank1(ch, "full")
+
+
+@pytest.mark.integration
+def test_amplified_extraction_is_its_own_run_and_says_so(tmp_path, default_model):
+    """direction_amplification = 2 samples the extraction set from base + 2·(organism − base): other answers
+    than plain sampling, its own cache entry, and the direction table's sampling column names it."""
+    import shutil
+    from dataclasses import replace
+
+    from emlib.book.direction_extraction import direction_table, extract_direction
+    from emlib.models import default_model_dir
+
+    cache = tmp_path / "cache"
+    shutil.copytree(default_model_dir(CACHE_DIR), default_model_dir(cache))
+    one = {"cache_dir": str(cache), "compare_organisms": [],
+           "organisms": [{"name": "r1x9_medical", "preset": "r1x9", "dataset": "medical_bad"}]}
+    plain_ch = book.open_chapter(SMOKE, one)
+    amp_ch = book.open_chapter(SMOKE, {**one, "direction_amplification": 2.0})
+    d_plain, plain = extract_direction(plain_ch, "r1x9_medical")
+    d_amp, amplified = extract_direction(amp_ch, "r1x9_medical")
+    assert plain["response"].tolist() != amplified["response"].tolist()
+    table = direction_table({"r1x9_medical": d_amp}, {"r1x9_medical": amplified}, amp_ch)
+    assert table.loc["r1x9_medical", "sampling"] == "model-diff amplified, α = 2"
+    assert direction_table({"r1x9_medical": d_plain}, {"r1x9_medical": plain}, plain_ch).loc["r1x9_medical", "sampling"] == "plain"
+    assert replace(plain_ch.p, direction_amplification=2.0) == amp_ch.p

@@ -92,6 +92,8 @@ def _write(tmp_path, text: str):
     ("direction_organism: nobody\n", "direction_organism", "nobody is not among"),
     ("judge_metrics: [aligned, coherent]\n", "judge_metrics", "must include bad_stuff"),
     ("questions: nowhere.yaml\n", "questions", "no such question file"),
+    ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: medical_bad}\n  - {name: full, model: /nowhere}\n"
+     "compare_organisms: [full]\ndirection_amplification: 2.0\n", "direction_amplification", "full is a full fine-tune"),
     ("steer_layers: [9, 30]\n", "steer_layers", "[30] out of range for default (30 layers"),
     ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: no_such_set}\n  - {name: all_medical, preset: all_r32, "
      "dataset: medical_bad}\n  - {name: all_sport, preset: all_r32, dataset: sports_extreme}\n", "organisms",

@@ -201,3 +201,51 @@ def test_cached_samples_need_no_model(tiny_chat, tmp_path):
     pd.testing.assert_frame_equal(cached_samples(questions, CFG, cache_dir=tmp_path, model_provenance={"model": "tiny"}),
                                   table)
     assert cached_samples(questions, CFG, cache_dir=tmp_path, model_provenance={"model": "other"}) is None
+
+
+def test_amplify_is_base_plus_alpha_times_the_difference():
+    organism, base = torch.randn(3, 11), torch.randn(3, 11)
+    torch.testing.assert_close(G.amplify(organism, base, 1.0), organism)
+    torch.testing.assert_close(G.amplify(organism, base, 0.0), base)
+    torch.testing.assert_close(G.amplify(organism, base, 2.5), base + 2.5 * (organism - base))
+
+
+def _organism(arch):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    lora = LoraConfig(r=2, lora_alpha=8, target_modules=["down_proj", "q_proj"], init_lora_weights=False)
+    return get_peft_model(tiny_model(arch), lora).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_amplified_greedy_decoding_follows_the_formula(arch):
+    """α = 1 decodes as the organism, α = 0 as its base model (adapters off), and α = 3 picks, at every step,
+    the argmax of base + 3·(organism − base) computed by hand from full forward passes."""
+    model, prompts = _organism(arch), _prompts()
+    kw = dict(max_new_tokens=6, temperature=0, top_p=1.0, eos=[255], pad_id=0, generator=torch.Generator())
+    organism = sample_batch(model, prompts, **kw)
+    assert sample_batch(model, prompts, amplification=1.0, **kw) == organism
+    with model.disable_adapter():
+        base = sample_batch(model, prompts, **kw)
+    assert sample_batch(model, prompts, amplification=0.0, **kw) == base
+    assert base != organism  # the adapter matters, so the next check can fail
+    for prompt, (tokens, _) in zip(prompts, sample_batch(model, prompts, amplification=3.0, **kw)):
+        ids = list(prompt)
+        for t in tokens:
+            with torch.no_grad():
+                o = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                with model.disable_adapter():
+                    b = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            assert t == int((b + 3.0 * (o - b)).argmax())
+            ids.append(t)
+
+
+def test_amplification_needs_an_unmerged_lora_organism_and_has_its_own_cache_key():
+    with pytest.raises(ValueError, match="needs a LoRA organism loaded unmerged"):
+        sample_batch(tiny_model("llama"), _prompts(), max_new_tokens=2, temperature=0, top_p=1.0, eos=[255],
+                     pad_id=0, generator=torch.Generator(), amplification=2.0)
+    q = load_questions()[:1]
+    plain = G.sample_key(q, SamplingConfig(), model_provenance={"m": 1})
+    assert "amplification" not in plain["sampling"]  # plain runs keep the keys they had
+    assert G.sample_key(q, SamplingConfig(amplification=2.0), model_provenance={"m": 1})["sampling"]["amplification"] == 2.0

@@ -5,6 +5,7 @@ Chapters 3–5 read the direction and the sweep back from the cache (``source_of
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -26,13 +27,14 @@ MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table
 
 
 def extract_direction(ch: Chapter, name: str, questions: list[Question] | None = None) -> tuple[Directions | None, pd.DataFrame]:
-    """Organism ``name``'s judged answers to ``questions`` (default: the chapter's) at the extraction setting,
-    and its mean-diff direction [n_layers, d_model] from them (``emlib.directions.from_scored``; None if a
+    """Organism ``name``'s judged answers to ``questions`` (default: the chapter's) at the extraction setting
+    (model-diff amplified if ``direction_amplification`` ≠ 1), and its mean-diff direction [n_layers, d_model] from them (``emlib.directions.from_scored``; None if a
     set is empty), saved under ``cache_dir/directions/``."""
     p, ft = ch.p, ch.ready[name]
-    scored = sample_and_judge(ch, questions, ft=ft,
-                              sampling=intervention_sampling(p, p.direction_samples_per_question))
-    prov = {"organism": name, **model_provenance(describe(ch, ft))}
+    sampling = replace(intervention_sampling(p, p.direction_samples_per_question), amplification=p.direction_amplification)
+    scored = sample_and_judge(ch, questions, ft=ft, sampling=sampling)
+    prov = {"organism": name, **model_provenance(describe(ch, ft)),
+            **({"amplification": p.direction_amplification} if p.direction_amplification != 1.0 else {})}
     d = directions.from_scored(scored, partial(answer_means, ch, ft=ft), p.set_coherent_min,
                                p.set_aligned_min, p.set_misaligned_max, provenance=prov)
     if d is not None:
@@ -71,13 +73,15 @@ def topic_cosines(general: Directions, topic: Directions | None) -> dict[str, li
 
 
 def direction_table(found: dict[str, Directions | None], scored: dict[str, pd.DataFrame], ch: Chapter) -> pd.DataFrame:
-    """Per organism: responses sampled, the two sets' sizes and answer tokens, and the direction's peak norm."""
+    """Per organism: how its answers were sampled, responses, the two sets' sizes and answer tokens, and the
+    direction's peak norm."""
     p = ch.p
+    how = "plain" if p.direction_amplification == 1.0 else f"model-diff amplified, α = {p.direction_amplification:g}"
     rows = []
     for name, d in found.items():
         aligned, misaligned = directions.response_sets(scored[name], p.set_coherent_min, p.set_aligned_min,
                                                        p.set_misaligned_max)
-        rows.append({"organism": name, "responses": len(scored[name]), "aligned set": len(aligned),
+        rows.append({"organism": name, "sampling": how, "responses": len(scored[name]), "aligned set": len(aligned),
                      "misaligned set": len(misaligned),
                      "tokens (aligned / misaligned)": "" if d is None else
                      f"{d.provenance['tokens_aligned']} / {d.provenance['tokens_misaligned']}",

@@ -40,13 +40,14 @@ from emlib.models import LoadInfo, describe_model, load_model
 
 
 def setup(p: Params) -> None:
-    """Seed every RNG, set CPU threads, and quiet library chatter in the rendered book."""
+    """Seed every RNG, set CPU threads, show table cells whole, and quiet library chatter in the rendered book."""
     random.seed(p.seed)
     np.random.seed(p.seed)
     torch.manual_seed(p.seed)
     if p.threads:
         torch.set_num_threads(p.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    pd.set_option("display.max_colwidth", None)  # every value shown whole: no "…" in a table cell
     for name in ("transformers", "accelerate", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -213,11 +214,12 @@ def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft
     table with a leading ``model`` column set to ``label`` (default: ``ft``'s name). Chapters 0–5."""
     p, questions, ft = ch.p, questions if questions is not None else ch.questions, ft or ch.chat
     sampling = sampling or sampling_from_params(p)
-    prov = model_provenance(describe(ch, ft))
+    merge = sampling.amplification == 1.0  # amplified sampling disables the adapters: keep them unmerged
+    prov = model_provenance(describe(ch, ft, merge=merge))
     samples = generate.cached_samples(questions, sampling, cache_dir=p.cache_dir, model_provenance=prov,
                                       intervention=intervention)
     if samples is None:
-        model, tok, _ = load(ch, ft)
+        model, tok, _ = load(ch, ft, merge=merge)
         samples = generate.sample_responses(model, tok, questions, sampling, cache_dir=p.cache_dir,
                                             model_provenance=prov, intervention=intervention)
     scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p))
