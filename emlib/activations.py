@@ -87,12 +87,13 @@ def batches(encoded: Sequence[tuple[list[int], int]], batch_size: int, pad_id: i
 
 
 @torch.inference_mode()
-def layer_sums(model: nn.Module, batch: Batch, intervention: Intervention | None = None) -> tuple[torch.Tensor, int]:
+def layer_sums(model: nn.Module, batch: Batch, intervention: Intervention | None = None,
+               per_response: bool = False) -> tuple[torch.Tensor, int]:
     """Sum of every decoder block's output over the batch's answer tokens.
 
-    Returns (sums [n_layers, d_model] float64, number of answer tokens). ``intervention``,
-    if given, is applied during the pass (its edits show in the sums of later layers and
-    of the edited layer itself).
+    Returns (sums [n_layers, d_model] float64, number of answer tokens); ``per_response``: sums
+    [n_layers, batch, d_model], one per response. ``intervention``, if given, is applied during
+    the pass (its edits show in the sums of later layers and of the edited layer itself).
     """
     device = input_device(model)
     ids, attention, answer = (t.to(device) for t in (batch.ids, batch.attention, batch.answer))
@@ -115,7 +116,8 @@ def layer_sums(model: nn.Module, batch: Batch, intervention: Intervention | None
             if layer in edits:
                 h = intervention.edit(layer, h)
                 blocks[layer].output = (h, *out[1:]) if isinstance(out, tuple) else h
-            sums.append((h.to(torch.float64) * weights.to(h.device)).sum((0, 1)).cpu())
+            weighted = h.to(torch.float64) * weights.to(h.device)
+            sums.append((weighted.sum(1) if per_response else weighted.sum((0, 1))).cpu())
     return torch.stack(sums), int(answer.sum())
 
 
@@ -182,6 +184,40 @@ def answer_means(
           {"model": model_provenance, "n_layers": len(decoder_layers(model))})
     partial.unlink(missing_ok=True)
     return means
+
+
+def sums_path(samples: pd.DataFrame, *, cache_dir: str | Path, model_provenance: dict[str, Any]) -> Path:
+    """Where ``answer_sums`` caches the per-response sums of ``samples`` (``read_sums`` reads it, no model)."""
+    means = means_path(samples, cache_dir=cache_dir, model_provenance=model_provenance)
+    return means.with_name("sums-" + means.name)
+
+
+def read_sums(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-response sums [n, n_layers, d_model] and answer-token counts [n] written by ``answer_sums``."""
+    state = load_file(str(path))
+    return state["sums"], state["tokens"]
+
+
+def answer_sums(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame, *, cache_dir: str | Path,
+                model_provenance: dict[str, Any], batch_size: int = 16, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per response: the residual stream summed over its answer tokens [n, n_layers, d_model] (float32) and its
+    answer-token count [n], in ``samples``' order, so that the token-weighted mean of any subset of responses
+    is cheap (chapter 2's random-subset null, ``emlib.directions.subset_null``). Cached beside the means."""
+    path = sums_path(samples, cache_dir=cache_dir, model_provenance=model_provenance)
+    if path.is_file():
+        return read_sums(path)
+    encoded = [encode(tokenizer, q, r, s) for q, s, r in _texts(samples)]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    sums, tokens = [None] * len(encoded), torch.zeros(len(encoded), dtype=torch.long)
+    starts = range(0, len(order), batch_size)
+    for start, b in tqdm(zip(starts, batches([encoded[i] for i in order], batch_size, tokenizer.pad_token_id)),
+                         total=len(starts), desc="activations per answer", unit="batch", disable=not progress):
+        s, _ = layer_sums(model, b, per_response=True)
+        for row, i in enumerate(order[start : start + batch_size]):
+            sums[i], tokens[i] = s[:, row].float(), int(b.answer[row].sum())
+    out = torch.stack(sums)
+    _save(path, {"sums": out, "tokens": tokens}, {"model": model_provenance})
+    return out, tokens
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], provenance: dict[str, Any]) -> None:

@@ -92,6 +92,34 @@ def from_scored(scored: pd.DataFrame, means: Callable[[pd.DataFrame], AnswerMean
     return mean_difference(means(misaligned), means(aligned), provenance)
 
 
+def subset_null(sums: torch.Tensor, tokens: torch.Tensor, n_misaligned: int, n_aligned: int, draws: int = 50,
+                seed: int = 0) -> torch.Tensor:
+    """Mean-diff directions of label-free splits [draws, n_layers, d_model]: each draw takes ``n_misaligned``
+    responses and ``n_aligned`` others at random from the pool whose per-response answer-token sums
+    ``sums`` [n, n_layers, d_model] and counts ``tokens`` [n] are given (``emlib.activations.answer_sums``),
+    and subtracts their token-weighted means as ``mean_difference`` does. The null for a cosine between two
+    mean-diff directions: anisotropy and answer-set composition, with the misaligned/aligned labels removed.
+    Chapter 2."""
+    if n_misaligned + n_aligned > len(tokens):
+        raise DirectionError(f"a split of {n_misaligned} + {n_aligned} responses needs that many; the pool has {len(tokens)}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(draws):
+        perm = torch.randperm(len(tokens), generator=g)
+        mis, al = perm[:n_misaligned], perm[n_misaligned : n_misaligned + n_aligned]
+        mean = lambda idx: sums[idx].double().sum(0) / tokens[idx].sum().clamp(min=1)  # noqa: E731
+        out.append((mean(mis) - mean(al)).float())
+    return torch.stack(out)
+
+
+def null_band(null: torch.Tensor, other: Directions, q: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """The central ``q`` interval, per layer, of the cosines between ``other`` [n_layers, d_model] and each null
+    direction of ``null`` [draws, n_layers, d_model]: (low [n_layers], high [n_layers]). Chapter 2."""
+    cos = torch.nn.functional.cosine_similarity(null, other.vectors[None].to(null.dtype), dim=-1)  # [draws, n_layers]
+    lo, hi = torch.quantile(cos, torch.tensor([(1 - q) / 2, (1 + q) / 2], dtype=cos.dtype), dim=0)
+    return lo, hi
+
+
 def cosine_by_layer(a: Directions, b: Directions) -> torch.Tensor:
     """Cosine similarity of ``a`` and ``b`` at each layer: [n_layers]."""
     if a.vectors.shape != b.vectors.shape:
@@ -99,14 +127,21 @@ def cosine_by_layer(a: Directions, b: Directions) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.vectors, b.vectors, dim=-1)
 
 
-def cosine_summary(cosines: dict[str, list[float]], threshold: float) -> pd.DataFrame:
-    """Per pair of directions (name -> cosine per layer): layers above ``threshold``, min, median, max. Chapter 2."""
+def cosine_summary(cosines: dict[str, list[float]], threshold: float,
+                   nulls: dict[str, tuple[list[float], list[float]]] | None = None) -> pd.DataFrame:
+    """Per pair of directions (name -> cosine per layer): layers above ``threshold``, min, median, max and,
+    where ``nulls`` gives the pair's random-subset band (low, high per layer; ``null_band``), the layers whose
+    cosine lies above the band's top and the band's median top. Chapter 2."""
     rows = []
     for pair, values in cosines.items():
         v = np.asarray(values)
-        rows.append({"pair": pair, f"layers > {threshold:g}": f"{int((v > threshold).sum())} of {len(v)}",
-                     "min": round(float(v.min()), 3), "median": round(float(np.median(v)), 3),
-                     "max": round(float(v.max()), 3)})
+        row = {"pair": pair, f"layers > {threshold:g}": f"{int((v > threshold).sum())} of {len(v)}",
+               "min": round(float(v.min()), 3), "median": round(float(np.median(v)), 3), "max": round(float(v.max()), 3)}
+        if nulls is not None:
+            hi = np.asarray(nulls[pair][1]) if pair in nulls else None
+            row["layers above the random-subset null"] = "" if hi is None else f"{int((v > hi).sum())} of {len(v)}"
+            row["null's 97.5% (median layer)"] = "" if hi is None else round(float(np.median(hi)), 3)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("pair")
 
 

@@ -213,6 +213,39 @@ def reduction_table(scored: pd.DataFrame, t: Thresholds = Thresholds(), seed: in
     return pd.DataFrame(rows)
 
 
+def cluster_ci(values: np.ndarray, clusters: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The mean of ``values`` [n] (a rate, as 0/1, or a score) with a 95% percentile interval from a cluster
+    bootstrap: whole clusters (questions: answers to one question are not independent) are resampled with
+    replacement, so the interval is as wide as the spread between questions makes it. Returns (mean, lo, hi).
+    The landscape study (``bench/landscape.py``)."""
+    values, clusters = np.asarray(values, dtype=float), np.asarray(clusters)
+    if len(values) == 0:
+        return (math.nan, math.nan, math.nan)
+    ids = np.unique(clusters)
+    sums = np.array([values[clusters == c].sum() for c in ids])
+    counts = np.array([(clusters == c).sum() for c in ids])
+    picks = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    boots = sums[picks].sum(1) / counts[picks].sum(1)
+    return float(values.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def detectable_difference(rate: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest increase (in points of %) over ``rate`` (%), each rate measured on ``n`` independent answers,
+    that a two-sided two-proportion z-test at ``alpha`` detects with ``power``: the d solving
+    z_{1−α/2}·√(2 p̄ q̄ / n) + z_power·√((p q + p' q') / n) = d, with p' = p + d and p̄ their mean (Fleiss).
+    What a null result rules out. The landscape and the results page."""
+    from statistics import NormalDist
+
+    p = min(max(rate / 100, 1 / (2 * n)), 1 - 1 / (2 * n))  # a zero rate still has sampling error
+    za, zb = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    d = (za + zb) * math.sqrt(2 * p * (1 - p) / n)
+    for _ in range(100):
+        q = min(p + d, 1.0)
+        bar = (p + q) / 2
+        d = za * math.sqrt(2 * bar * (1 - bar) / n) + zb * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+    return 100 * d
+
+
 def mean_scores(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean aligned and coherent scores (± 95% normal CI, 1.96 standard errors) per group: a finer measure
     than EM % when EM is rare. Chapter 3."""

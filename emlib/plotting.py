@@ -109,15 +109,21 @@ def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | Non
 
 
 def by_layer(series: dict[str, list[float]], ylabel: str, title: str, marks: dict[str, int] | None = None,
-             hline: float | None = None, hline_label: str = "") -> Figure:
+             hline: float | None = None, hline_label: str = "",
+             bands: dict[str, tuple[list[float], list[float]]] | None = None) -> Figure:
     """One line per name over layers (direction norms, cosines; chapters 2 and 4).
 
     ``series``: name -> one value per layer; ``marks``: label -> layer drawn as a vertical line;
-    ``hline``: a reference level (e.g. the paper's threshold).
+    ``hline``: a reference level (e.g. the paper's threshold); ``bands``: name of a series -> (low, high)
+    per layer, drawn as a shaded band in that series' colour (chapter 2's random-subset null).
     """
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for name, values in series.items():
-        ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.5, label=name)
+        (line,) = ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.5, label=name)
+        if bands and name in bands:
+            lo, hi = bands[name]
+            ax.fill_between(range(len(lo)), lo, hi, color=line.get_color(), alpha=0.15, lw=0,
+                            label=f"{name}: 95% random-subset null")
     for label, layer in (marks or {}).items():
         ax.axvline(layer, color="grey", ls=":", lw=1)
         ax.text(layer, ax.get_ylim()[1], f" {label}", fontsize=8, va="top", color="grey")

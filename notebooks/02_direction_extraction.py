@@ -78,20 +78,27 @@ plotting.by_layer({n: d.norms().tolist() for n, d in dirs.items() if d is not No
 #
 # ## Do different fine-tunes find the same direction?
 #
-# Cosine similarity, layer by layer, between the directions of the R1×9 medical organism
-# and each compared organism; a same-norm random vector is the floor (≈ 0 in high
-# dimension).
+# Cosine similarity, layer by layer, between the direction organism's direction and each
+# compared organism's. Any two mean-differences of answers share the residual stream's
+# anisotropy, so a Gaussian vector (≈ 0) is too easy a floor. The null here is the same
+# extraction with the labels removed: the direction organism's coherent answers split at
+# random into sets of its two sets' sizes, 50 times; the shaded band is the central 95% of
+# those splits' cosines with the compared direction. A cosine above the band says the
+# misaligned/aligned split itself carries what the two fine-tunes share.
 
 # %%
+_, source_answers = extracted[p.direction_organism]
+pairs = {f"{p.direction_organism} vs {n}": d for n, d in dirs.items() if d is not None and n != p.direction_organism}
+cosines = {pair: directions.cosine_by_layer(source, d).tolist() for pair, d in pairs.items()}
+nulls = {pair: chapter.subset_null_band(ch, p.direction_organism, source_answers, d) for pair, d in pairs.items()}
 random_control = directions.random_like(source, seed=p.seed + 1)
-cosines = {f"{p.direction_organism} vs {n}": directions.cosine_by_layer(source, d).tolist()
-           for n, d in dirs.items() if d is not None and n != p.direction_organism}
-cosines[f"{p.direction_organism} vs random"] = directions.cosine_by_layer(source, random_control).tolist()
+cosines[f"{p.direction_organism} vs Gaussian"] = directions.cosine_by_layer(source, random_control).tolist()
 plotting.by_layer(cosines, ylabel="cosine similarity", title="Directions from different fine-tunes",
-                  hline=paper.value("cosine_finetunes"), hline_label=f"paper: {paper.FIGURES['cosine_finetunes'].text}");
+                  hline=paper.value("cosine_finetunes"), hline_label=f"paper: {paper.FIGURES['cosine_finetunes'].text}",
+                  bands={pair: band for pair, band in nulls.items() if band});
 
 # %%
-directions.cosine_summary(cosines, threshold=paper.value("cosine_finetunes"))
+directions.cosine_summary(cosines, threshold=paper.value("cosine_finetunes"), nulls={k: v for k, v in nulls.items() if v})
 
 # %% [markdown]
 # ## A topic-specific direction and the general one
@@ -122,7 +129,7 @@ plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs 
 # %%
 sweep = chapter.steering_sweep(ch, source)
 steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error)
-chapter.record_directions(ch, cosines, steer_rates)  # for the results page
+chapter.record_directions(ch, cosines, steer_rates, nulls)  # for the results page
 metrics.format_rates(steer_rates)
 
 # %%

@@ -88,3 +88,30 @@ def test_answer_means_on_the_default_model_cache_and_resume(default_model, tmp_p
     single = answer_means(model, tok, samples, cache_dir=tmp_path / "b", model_provenance={"m": "default"},
                           batch_size=1, progress=False)
     torch.testing.assert_close(single.mean, means.mean, atol=1e-4, rtol=1e-4)
+
+
+def test_per_response_sums_add_up_to_the_batch_sums(tiny_lm):
+    """layer_sums(per_response=True) [n_layers, batch, d]: each response's own sum, together the batch's."""
+    rows = _rows(2, 5, 50, 250)
+    (b,) = list(batches(rows, 5, pad_id=0))
+    total, n = layer_sums(tiny_lm, b)
+    each, n_each = layer_sums(tiny_lm, b, per_response=True)
+    assert each.shape[1] == 5 and n_each == n
+    torch.testing.assert_close(each.sum(1), total)
+    (one,) = list(batches(rows[3:4], 1, pad_id=0))
+    torch.testing.assert_close(each[:, 3], layer_sums(tiny_lm, one)[0], atol=1e-4, rtol=1e-5)
+
+
+def test_answer_sums_give_answer_means_of_any_subset(default_model, tmp_path):
+    from emlib.activations import answer_sums
+
+    model, tok, _ = default_model
+    samples = pd.DataFrame({"question": ["How are you?", "Name a colour.", "What is 2+2?"],
+                            "response": ["Fine, thanks.", "Blue is a colour I like.", "Four."]})
+    sums, tokens = answer_sums(model, tok, samples, cache_dir=tmp_path, model_provenance={"m": "default"}, progress=False)
+    assert sums.shape[:1] == (3,) and tokens.tolist() == [int(t) for t in tokens] and (tokens > 0).all()
+    subset = answer_means(model, tok, samples.iloc[[0, 2]], cache_dir=tmp_path, model_provenance={"m": "default"}, progress=False)
+    from_sums = sums[[0, 2]].double().sum(0) / tokens[[0, 2]].sum()
+    torch.testing.assert_close(from_sums.float(), subset.mean, atol=1e-4, rtol=1e-4)
+    again = answer_sums(None, None, samples, cache_dir=tmp_path, model_provenance={"m": "default"})  # cached: no model
+    torch.testing.assert_close(again[0], sums)

@@ -152,3 +152,33 @@ def test_rates_put_the_corrected_em_beside_the_raw():
     assert r.loc["all", "em_corr_pct"] == pytest.approx(100 * (0.2 + 0.95 - 1) / (0.9 + 0.95 - 1))
     assert "EM % judge-corrected" in format_rates(r)
     assert "em_corr_pct" not in rates(s)
+
+
+def test_cluster_ci_widens_with_the_spread_between_clusters():
+    from emlib.metrics import cluster_ci
+
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(8), 50)
+    same = rng.random(400) < 0.2  # every question at 20%: clusters agree
+    mean, lo, hi = cluster_ci(same, clusters)
+    assert mean == same.mean() and lo < mean < hi
+    spread = np.concatenate([rng.random(50) < p for p in (0.0, 0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4)])  # same mean, clustered
+    _, slo, shi = cluster_ci(spread, clusters)
+    assert shi - slo > 1.5 * (hi - lo)
+    assert np.isnan(cluster_ci(np.array([]), np.array([]))[0])
+    assert cluster_ci(np.full(10, 3.0), np.arange(10))[1:] == (3.0, 3.0)
+
+
+def test_detectable_difference_has_the_power_it_claims():
+    """n = 300 per group around 5%: about 5.6 points; a z-test on simulated rates that far apart rejects about
+    80% of the time (the design power)."""
+    from emlib.metrics import detectable_difference
+
+    d = detectable_difference(5.0, 300)
+    assert 5.0 < d < 6.5
+    rng = np.random.default_rng(1)
+    a, b = rng.binomial(300, 0.05, 4000) / 300, rng.binomial(300, 0.05 + d / 100, 4000) / 300
+    pooled = (a + b) / 2
+    z = (b - a) / np.sqrt(2 * pooled * (1 - pooled) / 300)
+    assert 0.72 < np.mean(np.abs(z) > 1.96) < 0.88
+    assert detectable_difference(0.0, 200) > 0 and detectable_difference(5.0, 1200) < d

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from emlib import directions
 from emlib.book.display import em_text
 from emlib.book.results import record
-from emlib.book.session import Chapter, answer_means, intervention_sampling, model_provenance, describe, sample_and_judge
+from emlib.book.session import (Chapter, answer_means, answer_sums, describe, intervention_sampling, model_provenance,
+                                sample_and_judge)
 from emlib.cache import content_key
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
@@ -24,6 +25,7 @@ from emlib.interventions import steer
 from emlib.paper import value
 
 MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table flags the direction as noisy
+NULL_DRAWS = 50  # label-free splits per random-subset null band
 
 
 def extract_direction(ch: Chapter, name: str, questions: list[Question] | None = None) -> tuple[Directions | None, pd.DataFrame]:
@@ -56,6 +58,21 @@ def source_of(ch: Chapter) -> tuple[Directions, pd.DataFrame]:
     name = ch.p.direction_organism
     d, scored = extract_direction(ch, name)
     return source_direction(ch, {name: d}), scored
+
+
+def subset_null_band(ch: Chapter, name: str, scored: pd.DataFrame, other: Directions) -> tuple[list[float], list[float]] | None:
+    """The 95% band, per layer, of cos(``other``, mean-diff of a label-free split of organism ``name``'s coherent
+    answers into sets of its two sets' sizes): what ``other`` would share with ``name``'s direction if the
+    misaligned/aligned labels carried nothing (``emlib.directions.subset_null``). None if a set is empty."""
+    p = ch.p
+    aligned, misaligned = directions.response_sets(scored, p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
+    if len(aligned) == 0 or len(misaligned) == 0:
+        return None
+    pool = scored[scored["coherent"] > p.set_coherent_min]
+    sums, tokens = answer_sums(ch, pool, ft=ch.ready[name])
+    lo, hi = directions.null_band(directions.subset_null(sums, tokens, len(misaligned), len(aligned), NULL_DRAWS,
+                                                         seed=p.seed), other)
+    return lo.tolist(), hi.tolist()
 
 
 def topic_direction(ch: Chapter) -> tuple[Directions | None, pd.DataFrame]:
@@ -118,11 +135,15 @@ def steering_sweep(ch: Chapter, direction: Directions) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def record_directions(ch: Chapter, cosines: dict[str, list[float]], steer_rates: pd.DataFrame) -> None:
-    """The results page's figures: cross-fine-tune cosines and the sweep's peak EM (with its random control)."""
-    threshold = value("cosine_finetunes")
+def record_directions(ch: Chapter, cosines: dict[str, list[float]], steer_rates: pd.DataFrame,
+                      nulls: dict[str, tuple[list[float], list[float]] | None] | None = None) -> None:
+    """The results page's figures: cross-fine-tune cosines (with the layers above their random-subset null) and
+    the sweep's peak EM (with its random control)."""
+    threshold, nulls = value("cosine_finetunes"), nulls or {}
     pairs = [f"{pair}: {int((np.asarray(v) > threshold).sum())} of {len(v)} layers > {threshold:g} "
-             f"(median {np.median(v):.2f})" for pair, v in cosines.items()]
+             f"(median {np.median(v):.2f})"
+             + (f", above the random-subset null at {int((np.asarray(v) > np.asarray(nulls[pair][1])).sum())}"
+                if nulls.get(pair) else "") for pair, v in cosines.items()]
     record(ch.p, ch.params_file, "cosine_finetunes", "; ".join(pairs))
     r = steer_rates.reset_index()
     steered = r[r["vector"] == "mean-diff"]

@@ -227,6 +227,19 @@ def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft
     return scored
 
 
+def answer_sums(ch: Chapter, samples: pd.DataFrame, *, ft: FineTune | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``emlib.activations.answer_sums`` of ``samples`` through ``ft`` (default: the chat model; adapters merged):
+    per-response sums [n, n_layers, d_model] and token counts [n]; the model is loaded only on a cache miss.
+    Chapter 2."""
+    prov = model_provenance(describe(ch, ft))
+    path = activations.sums_path(samples, cache_dir=ch.p.cache_dir, model_provenance=prov)
+    if path.is_file():
+        return activations.read_sums(path)
+    model, tok, _ = load(ch, ft)
+    return activations.answer_sums(model, tok, samples, cache_dir=ch.p.cache_dir, model_provenance=prov,
+                                   batch_size=ch.p.activation_batch_size)
+
+
 def answer_means(ch: Chapter, samples: pd.DataFrame, *, ft: FineTune | None = None,
                  intervention: Intervention | None = None) -> activations.AnswerMeans:
     """``emlib.activations.answer_means`` of ``samples`` through ``ft`` (default: the chat model; adapters
