@@ -229,6 +229,15 @@ def cluster_ci(values: np.ndarray, clusters: np.ndarray, n_boot: int = 2000, see
     return float(values.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+def rate_difference(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float, float]:
+    """Difference of two rates, k1/n1 − k2/n2, in points of %, with Newcombe's 95% interval (from the two
+    Wilson intervals; good at rates near 0, where EM lives). Returns (difference, lo, hi). The results page."""
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(k1, n1), wilson_interval(k2, n2)
+    d = p1 - p2
+    return 100 * d, 100 * (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)), 100 * (d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 def detectable_difference(rate: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest increase (in points of %) over ``rate`` (%), each rate measured on ``n`` independent answers,
     that a two-sided two-proportion z-test at ``alpha`` detects with ``power``: the d solving

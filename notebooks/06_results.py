@@ -17,8 +17,18 @@
 # # Results at a glance
 #
 # Every claim this book checks, the paper's figure beside this run's (95% intervals as the
-# chapters compute them), the chapter that measures it and the preset it came from. The
-# figures are recorded by the chapters as they execute; nothing here is typed by hand.
+# chapters compute them), a verdict, the chapter that measures it and the preset it came
+# from. The figures are recorded by the chapters as they execute; nothing here is typed by
+# hand.
+#
+# **Verdicts.** *Reproduced (in direction)*: the effect the paper reports is present, its
+# interval excluding no effect (an EM rate above the chat model's, an EM reduction above 0,
+# directions sharing more than label-free splits of the same answers do); its size may
+# still differ from the paper's. *Not reproduced*: the interval includes no effect, and the
+# verdict says how large an effect the run would have detected. *Not testable*: the run had
+# nothing to measure it on (no EM answers to remove, no rank-1 adapters, a set empty).
+# Where a figure is the best cell of a sweep, the verdict says so: such picks are not
+# corrected for the search.
 #
 # The embedded default (SmolLM2-135M-Instruct, about 100× smaller than the paper's
 # Qwen2.5-14B-Instruct, trained on about 350 conversations instead of about 6,000, judged

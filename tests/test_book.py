@@ -147,6 +147,24 @@ def test_results_page_reads_what_chapters_recorded(tmp_path):
     assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "this run (95% CI)"].startswith("not run")
     assert t.loc["rank-1 B vector vs mean-diff direction, same layer", "this run (95% CI)"] == "not measured in this run"
     assert "pct" not in results.show_results(t)
+    assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "verdict"].startswith("not testable")
+    assert t.loc["steering the chat model, central layers", "verdict"] == "not judged"
+    assert t.loc["rank-1 B vector vs mean-diff direction, same layer", "verdict"] == "not measured"
+
+
+def test_verdicts_say_reproduced_or_what_the_run_could_have_detected():
+    from emlib.book.direction_extraction import cosine_verdict
+
+    yes = results.increase_verdict("EM", 30, 200, 5, 200, "chat model")
+    assert yes.startswith("reproduced in direction: EM above the chat model's by 12.5 points")
+    no = results.increase_verdict("EM", 3, 64, 2, 64, "chat model", JudgeError(tp=2, fn=40, tn=1469, fp=25))
+    assert no.startswith("not reproduced") and "would have been detected (80% power)" in no
+    assert "the judge finds 5% of EM answers" in no
+    band = ([0.0] * 12, [0.3] * 12)
+    assert cosine_verdict({"a vs b": [0.9] * 12}, {"a vs b": band}, 0.8).startswith("reproduced")
+    assert cosine_verdict({"a vs b": [0.5] * 12}, {"a vs b": band}, 0.8).startswith("shared beyond chance")
+    assert cosine_verdict({"a vs b": [0.2] * 12}, {"a vs b": band}, 0.8).startswith("not reproduced")
+    assert cosine_verdict({"a vs Gaussian": [0.0] * 12}, {"a vs Gaussian": None}, 0.8).startswith("not testable")
 
 
 def test_chapter_4_says_why_an_organism_without_rank1_adapters_is_not_probed(tmp_path):

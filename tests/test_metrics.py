@@ -182,3 +182,13 @@ def test_detectable_difference_has_the_power_it_claims():
     z = (b - a) / np.sqrt(2 * pooled * (1 - pooled) / 300)
     assert 0.72 < np.mean(np.abs(z) > 1.96) < 0.88
     assert detectable_difference(0.0, 200) > 0 and detectable_difference(5.0, 1200) < d
+
+
+def test_rate_difference_newcombe_interval():
+    """Newcombe (1998) method 10, his example: 56/70 vs 48/80 gives 0.2000 (0.0524 to 0.3339)."""
+    from emlib.metrics import rate_difference
+
+    d, lo, hi = rate_difference(56, 70, 48, 80)
+    assert (round(d / 100, 4), round(lo / 100, 4), round(hi / 100, 4)) == (0.2, 0.0524, 0.3339)
+    d0, lo0, hi0 = rate_difference(0, 64, 1, 64)
+    assert lo0 < d0 < 0 < hi0

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from emlib import directions
 from emlib.book.display import em_text
-from emlib.book.results import record
+from emlib.book.results import increase_verdict, record
 from emlib.book.session import (Chapter, answer_means, answer_sums, describe, intervention_sampling, model_provenance,
                                 sample_and_judge)
 from emlib.cache import content_key
@@ -144,23 +144,50 @@ def record_directions(ch: Chapter, cosines: dict[str, list[float]], steer_rates:
              f"(median {np.median(v):.2f})"
              + (f", above the random-subset null at {int((np.asarray(v) > np.asarray(nulls[pair][1])).sum())}"
                 if nulls.get(pair) else "") for pair, v in cosines.items()]
-    record(ch.p, ch.params_file, "cosine_finetunes", "; ".join(pairs))
+    record(ch.p, ch.params_file, "cosine_finetunes", "; ".join(pairs), verdict=cosine_verdict(cosines, nulls, threshold))
     r = steer_rates.reset_index()
     steered = r[r["vector"] == "mean-diff"]
     best = steered.loc[steered["em_pct"].idxmax()]
     control = r[(r["vector"] == "random") & (r["layer"] == best.layer)]
     text = f"{em_text(best)} at layer {best.layer}, λ {best.scale:g}"
     if not control.empty:
-        text += f"; same-norm random: {em_text(control.iloc[0])}"
-    record(ch.p, ch.params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi))
+        text += f"; same-norm random (λ {control.iloc[0].scale:g}): {em_text(control.iloc[0])}"
+    none = r[r["vector"] == "none"].iloc[0]
+    verdict = increase_verdict("EM", round(best.em_pct * best.n / 100), int(best.n), round(none.em_pct * none.n / 100),
+                               int(none.n), "unsteered chat model", ch.judge_error,
+                               f"the best of {len(steered)} (layer, λ) cells, not corrected for the search")
+    record(ch.p, ch.params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi), verdict)
+
+
+def cosine_verdict(cosines: dict[str, list[float]], nulls: dict[str, tuple[list[float], list[float]] | None],
+                   threshold: float) -> str:
+    """Reproduced when every compared pair's cosine exceeds ``threshold`` at all but a twelfth of the layers (the
+    paper: all but 4 of 48) and its random-subset null everywhere it does; "shared beyond chance" when the
+    cosines only clear the null at most layers; not reproduced otherwise. Pairs without a null (the Gaussian
+    floor, an empty set) are left out."""
+    judged = {pair: (np.asarray(v), np.asarray(nulls[pair][1])) for pair, v in cosines.items() if nulls.get(pair)}
+    if not judged:
+        return "not testable: no compared organism gave a direction with a null (a set was empty)"
+    parts, verdicts = [], []
+    for pair, (v, hi) in judged.items():
+        above_null, above = int((v > hi).sum()), int((v > threshold).sum())
+        parts.append(f"{pair}: above the null at {above_null} of {len(v)} layers, > {threshold:g} at {above}")
+        verdicts.append("reproduced" if above >= len(v) - len(v) / 12 and above_null >= above else
+                        "shared beyond chance, below the paper's level" if above_null > len(v) / 2 else "not reproduced")
+    worst = next(v for v in ("not reproduced", "shared beyond chance, below the paper's level", "reproduced") if v in verdicts)
+    return f"{worst} ({'; '.join(parts)}); cosines under the null's top cannot be told from label-free splits"
 
 
 def record_topic(ch: Chapter, cosines: dict[str, list[float]]) -> None:
     """The results page's topic-specific vs general figure: layers above the paper's threshold, median, min."""
     if not cosines:
-        record(ch.p, ch.params_file, "topic_vs_general", "not measured: a set of medical-question answers was empty")
+        record(ch.p, ch.params_file, "topic_vs_general", "not measured: a set of medical-question answers was empty",
+               verdict="not testable: no misaligned (or no aligned) coherent answer to the medical questions")
         return
     threshold = value("topic_vs_general")
     v = np.asarray(next(iter(cosines.values())))
-    record(ch.p, ch.params_file, "topic_vs_general", f"{int((v > threshold).sum())} of {len(v)} layers > {threshold:g} "
-           f"(median {np.median(v):.2f}, min {v.min():.2f})")
+    above = int((v > threshold).sum())
+    record(ch.p, ch.params_file, "topic_vs_general", f"{above} of {len(v)} layers > {threshold:g} "
+           f"(median {np.median(v):.2f}, min {v.min():.2f})",
+           verdict="reproduced" if above >= len(v) - len(v) / 12 else
+           f"not reproduced: cosine > {threshold:g} at {above} of {len(v)} layers (no null computed for this pair)")

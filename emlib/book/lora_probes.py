@@ -17,7 +17,7 @@ from emlib.directions import Directions
 from emlib.interventions import steer
 from emlib.models import LoadInfo, paper_layer, single_direction_layer
 from emlib.organisms import fetch
-from emlib.paper import value
+from emlib.paper import FIGURES, value
 from emlib.sources import read_adapter
 
 
@@ -146,14 +146,23 @@ def record_probes(ch: Chapter, adapters_table: pd.DataFrame | None, roles_: pd.D
     (``None`` tables: the direction organism has no rank-1 adapters, and the page says so)."""
     p, f = ch.p, ch.params_file
     layer = paper_layer(int(value("downstream_layer")), len(cosines))
-    record(p, f, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)")
+    record(p, f, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)",
+           verdict="not judged: this run computes no null for the downstream cosine (descriptive only)")
     if adapters_table is None or roles_ is None or results is None:
         for claim in ("b_cosine", "probe_roles"):
-            record(p, f, claim, f"not testable here: {p.direction_organism} has no rank-1 adapters (chapter 4)")
+            record(p, f, claim, f"not testable here: {p.direction_organism} has no rank-1 adapters (chapter 4)",
+                   verdict=f"not testable: {p.direction_organism} has no rank-1 adapters")
         return
-    cos = adapters_table["cosine(B, mean-diff)"]
-    record(p, f, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters")
+    cos, width = adapters_table["cosine(B, mean-diff)"], adapters_table.attrs["width"]
+    band = 2 / np.sqrt(width)  # two standard deviations of the cosine of random directions
+    record(p, f, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters",
+           verdict=f"reproduced: every B vector is as orthogonal to the direction as random ones (|cos| < {band:.3f} = 2/√d)"
+           if (cos.abs() < band).all() else f"not reproduced: {int((cos.abs() >= band).sum())} of {len(cos)} B vectors "
+           f"have |cos| ≥ {band:.3f} = 2/√d")
     aurocs = "; ".join(f"{name}: not fitted (too few answers in a class)" if r is None else
                        f"{name} AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"
                        for name, r in results.items())
-    record(p, f, "probe_roles", f"{roles_.attrs['summary']} (of {len(roles_)}); {aurocs}")
+    unfitted = [name for name, r in results.items() if r is None]
+    record(p, f, "probe_roles", f"{roles_.attrs['summary']} (of {len(roles_)}); {aurocs}",
+           verdict=f"not testable: {', '.join(unfitted)} not fitted (too few answers in a class)" if unfitted else
+           f"not judged: compare the roles with the paper's ({FIGURES['probe_roles'].text})")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from emlib.book.display import adapter_hash, em_text, weights_id
-from emlib.book.results import record
+from emlib.book.results import increase_verdict, record
 from emlib.book.session import Chapter, sample_and_judge
 from emlib.metrics import format_rates
 from emlib.organisms import describe_brought
@@ -66,14 +66,19 @@ def beside_paper(rates_by_model: pd.DataFrame, paper: dict[str, tuple[float, flo
 
 
 def record_organisms(ch: Chapter, by_model: pd.DataFrame) -> None:
-    """The results page's figures of chapter 1: the R1×9 organism, and the most misaligned organism."""
-    def rec(claim: str, m: str) -> None:
+    """The results page's figures of chapter 1: the R1×9 organism, and the most misaligned organism, each with a
+    verdict: is its EM rate above the chat model's (``increase_verdict``)?"""
+    chat = by_model.loc["chat model"]
+    organisms_only = by_model.drop(index="chat model", errors="ignore")
+
+    def rec(claim: str, m: str, note: str = "") -> None:
         r = by_model.loc[m]
-        record(ch.p, ch.params_file, claim,
-               f"{m}: {em_text(r)}, {r.coherent_pct:.0f}% coherent",
-               (r.em_pct, r.em_lo, r.em_hi))
+        verdict = increase_verdict("EM", round(r.em_pct * r.n / 100), int(r.n), round(chat.em_pct * chat.n / 100),
+                                   int(chat.n), "chat model", ch.judge_error, note)
+        record(ch.p, ch.params_file, claim, f"{m}: {em_text(r)}, {r.coherent_pct:.0f}% coherent",
+               (r.em_pct, r.em_lo, r.em_hi), verdict)
 
     if ch.p.direction_organism in by_model.index:
         rec("r1x9_em", ch.p.direction_organism)
-    organisms_only = by_model.drop(index="chat model", errors="ignore")
-    rec("small_scale_em", str(organisms_only["em_pct"].idxmax()))
+    rec("small_scale_em", str(organisms_only["em_pct"].idxmax()),
+        f"the most EM of {len(organisms_only)} organisms (a best-of-{len(organisms_only)} pick, not corrected)")

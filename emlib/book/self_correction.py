@@ -18,4 +18,5 @@ def record_self_correction(ch: Chapter, rates_table: pd.DataFrame) -> None:
     record(ch.p, ch.params_file, "self_correction",
            f"{pct_ci(best.self_correction_pct, best.self_correction_lo, best.self_correction_hi)} at layer "
            f"{best.layer}, λ {best.scale:g}; unsteered "
-           f"{pct_ci(base.self_correction_pct, base.self_correction_lo, base.self_correction_hi)}")
+           f"{pct_ci(base.self_correction_pct, base.self_correction_lo, base.self_correction_hi)}",
+           verdict="descriptive: the paper reports self-correction qualitatively; the peak is a best-of-sweep pick")

@@ -87,6 +87,18 @@ def _reduction_text(v: float, lo: float, hi: float, before: float) -> str:
             else f"EM {v:+.0f}% reduction ({lo:.0f} to {hi:.0f}); EM before {before:.1f}%")
 
 
+def _reduction_verdict(v: float, lo: float, hi: float, before: float, random: bool = False) -> str:
+    if pd.isna(v):
+        return (f"not testable: {before:.1f}% EM before ablation, too few EM answers to remove (fewer than "
+                f"{MIN_EM_BEFORE})")
+    if random:  # the paper: a random vector changes EM by less than 10%
+        return ("reproduced: the random vectors' change is within ±10%" if -10 <= lo and hi <= 10 else
+                f"not reproduced: the random vectors change EM by {v:+.0f}% ({lo:.0f} to {hi:.0f})" if lo > 10 or hi < -10
+                else f"inconclusive: the interval ({lo:.0f} to {hi:.0f}) is too wide to tell a change under 10%")
+    return (f"reproduced in direction: EM falls by {v:.0f}% ({lo:.0f} to {hi:.0f})" if lo > 0 else
+            f"not reproduced: no EM reduction shown ({v:+.0f}%, {lo:.0f} to {hi:.0f})")
+
+
 def record_ablation(ch: Chapter, table: pd.DataFrame, scored: pd.DataFrame) -> None:
     """The results page's figures: transfer ablation per compared organism and the pooled random controls."""
     p = ch.p
@@ -95,7 +107,8 @@ def record_ablation(ch: Chapter, table: pd.DataFrame, scored: pd.DataFrame) -> N
         if not rows.empty and model != p.direction_organism:
             r = rows.iloc[0]
             record(p, ch.params_file, claim, _reduction_text(r.reduction_pct, r.reduction_lo, r.reduction_hi, r.em_before_pct),
-                   None if pd.isna(r.reduction_pct) else (r.reduction_pct, r.reduction_lo, r.reduction_hi))
+                   None if pd.isna(r.reduction_pct) else (r.reduction_pct, r.reduction_lo, r.reduction_hi),
+                   _reduction_verdict(r.reduction_pct, r.reduction_lo, r.reduction_hi, r.em_before_pct))
     c = classify(scored)
     src = c[c["model"] == p.direction_organism]
     before, rand = src[src["ablation"] == "none"]["em"], src[src["ablation"].str.startswith("random")]["em"]
@@ -103,4 +116,5 @@ def record_ablation(ch: Chapter, table: pd.DataFrame, scored: pd.DataFrame) -> N
         v, lo, hi = reduction(before.to_numpy(), rand.to_numpy(), seed=p.seed)
         n_random = src.loc[src["ablation"].str.startswith("random"), "ablation"].nunique()
         record(p, ch.params_file, "random_ablation", f"{n_random} vectors pooled: "
-               + _reduction_text(v, lo, hi, 100 * before.mean()), None if pd.isna(v) else (v, lo, hi))
+               + _reduction_text(v, lo, hi, 100 * before.mean()), None if pd.isna(v) else (v, lo, hi),
+               _reduction_verdict(v, lo, hi, 100 * before.mean(), random=True))
