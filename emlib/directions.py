@@ -112,11 +112,13 @@ def subset_null(sums: torch.Tensor, tokens: torch.Tensor, n_misaligned: int, n_a
     return torch.stack(out)
 
 
-def null_band(null: torch.Tensor, other: Directions, q: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """The central ``q`` interval, per layer, of the cosines between ``other`` [n_layers, d_model] and each null
-    direction of ``null`` [draws, n_layers, d_model]: (low [n_layers], high [n_layers]). Chapter 2."""
+def null_band(null: torch.Tensor, other: Directions, percentiles: tuple[float, float] = (2.5, 97.5)
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``percentiles`` (default: the central 95%), per layer, of the cosines between ``other`` [n_layers,
+    d_model] and each null direction of ``null`` [draws, n_layers, d_model]: (low [n_layers], high [n_layers]).
+    Chapter 2."""
     cos = torch.nn.functional.cosine_similarity(null, other.vectors[None].to(null.dtype), dim=-1)  # [draws, n_layers]
-    lo, hi = torch.quantile(cos, torch.tensor([(1 - q) / 2, (1 + q) / 2], dtype=cos.dtype), dim=0)
+    lo, hi = torch.quantile(cos, torch.tensor(percentiles, dtype=cos.dtype) / 100, dim=0)
     return lo, hi
 
 

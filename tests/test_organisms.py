@@ -56,9 +56,9 @@ def test_brought_entries_mix_with_trained_ones():
             organisms([entry], TrainConfig())
 
 
-@pytest.fixture
-def base_dir(tmp_path):
-    model = tiny_model("qwen2")
+@pytest.fixture(params=["llama", "qwen2"])
+def base_dir(tmp_path, request):
+    model = tiny_model(request.param)
     model.save_pretrained(tmp_path / "base")
     return tmp_path / "base", model
 
