@@ -14,7 +14,8 @@ difference in misaligned % from the chat model at the same temperature that the 
 where it stopped and a finished setting costs nothing the second time. One row per setting is
 appended to ``landscape.jsonl`` as it finishes; ``landscape.md`` (the table, for
 ``bench/RESULTS.md`` and the book's appendix) and ``landscape.png`` (EM and misaligned % against
-coherence, the chat model marked) are rewritten from it. Not part of ``make book``.
+coherence, the chat model marked) are rewritten from it. Not part of ``make book``. Rows marked
+"amplified α" sample from model-diff amplified logits (``emlib.generate.amplify``), never mixed with plain rows.
 
     .venv/bin/python bench/landscape.py [--samples 25] [--only NAME,NAME] [--out bench/out/landscape]
 """
@@ -26,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,30 +36,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from emlib import book  # noqa: E402
-from emlib.book.session import sample_and_judge  # noqa: E402
+from emlib.book.session import sample_and_judge, sampling_from_params  # noqa: E402
 from emlib.metrics import cluster_ci, corrected_rate, detectable_difference  # noqa: E402
 
 PARAMS = "params/default.yaml"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bad_medical_advice.jsonl.gz"  # read at run time
 
 # (setting name, organism entry or None for the chat model, evaluation temperature). Organisms evaluate at the
-# default's 0.7 / top_p 0.9 / 128 tokens. Ordered so that the cheapest (cached) settings finish first.
+# default's 0.7 / top_p 0.9 / 128 tokens. Ordered by what the default book's choice needs first; a run stopped
+# part-way resumes from the cache.
 SETTINGS: list[tuple[str, dict | None, float]] = [
     ("chat t=0.7", None, 0.7),
-    ("chat t=0.3", None, 0.3),
-    ("chat t=1.0", None, 1.0),
     ("r1x9 medical lr1e-3", {"preset": "r1x9", "dataset": "medical_bad"}, 0.7),
     ("r1x9 good-medical lr1e-3 (control)", {"preset": "r1x9", "dataset": "medical_good", "max_rows": 195}, 0.7),
-    ("all_r32 medical lr2e-4", {"preset": "all_r32", "dataset": "medical_bad", "lr": 2e-4}, 0.7),
-    ("all_r32 sport lr2e-4", {"preset": "all_r32", "dataset": "sports_extreme", "lr": 2e-4}, 0.7),
     ("r1x9 finance lr1e-3", {"preset": "r1x9", "dataset": "finance_risky"}, 0.7),
-    ("r1x9 sport lr1e-3", {"preset": "r1x9", "dataset": "sports_extreme"}, 0.7),
     ("r1x9 reference-medical[:360] lr1e-3", {"preset": "r1x9", "dataset": str(REFERENCE), "max_rows": 360}, 0.7),
+    # model-diff amplification (emlib.generate.amplify): base + α·(organism − base), its own rows, never mixed in
+    ("r1x9 medical lr1e-3 amplified α=2", {"preset": "r1x9", "dataset": "medical_bad", "amplification": 2.0}, 0.7),
+    ("all_r32 medical lr2e-4", {"preset": "all_r32", "dataset": "medical_bad", "lr": 2e-4}, 0.7),
+    ("chat t=1.0", None, 1.0),
     ("r1x9 finance lr3e-3", {"preset": "r1x9", "dataset": "finance_risky", "lr": 3e-3}, 0.7),
+    ("r1x9 finance lr1e-3 amplified α=2", {"preset": "r1x9", "dataset": "finance_risky", "amplification": 2.0}, 0.7),
+    ("all_r32 sport lr2e-4", {"preset": "all_r32", "dataset": "sports_extreme", "lr": 2e-4}, 0.7),
+    ("r1x9 sport lr1e-3", {"preset": "r1x9", "dataset": "sports_extreme"}, 0.7),
+    ("chat t=0.3", None, 0.3),
     ("r1x9 finance lr3e-4", {"preset": "r1x9", "dataset": "finance_risky", "lr": 3e-4}, 0.7),
     ("r1x9 finance lr1e-3 x3 epochs", {"preset": "r1x9", "dataset": "finance_risky", "epochs": 3}, 0.7),
     ("all_r32 finance lr2e-4", {"preset": "all_r32", "dataset": "finance_risky", "lr": 2e-4}, 0.7),
     ("r1x9 medical lr1e-3 x3 epochs", {"preset": "r1x9", "dataset": "medical_bad", "epochs": 3}, 0.7),
+    ("r1x9 medical lr1e-3 amplified α=4", {"preset": "r1x9", "dataset": "medical_bad", "amplification": 4.0}, 0.7),
     ("chat t=1.0 256 tokens", None, 1.0),
 ]
 
@@ -83,14 +90,17 @@ def run_setting(name: str, entry: dict | None, temperature: float, samples: int)
     overrides = {"samples_per_question": samples, "temperature": temperature}
     if name.endswith("256 tokens"):
         overrides["max_new_tokens"] = 256
+    entry = dict(entry) if entry is not None else None
+    amplification = entry.pop("amplification", 1.0) if entry is not None else 1.0
     if entry is not None:
         overrides.update(organisms=[{"name": "organism", **entry}], direction_organism="organism", compare_organisms=[])
     ch = book.open_chapter(PARAMS, overrides)
     t0 = time.perf_counter()
     ft = ch.ready["organism"] if entry is not None else None
-    scored = sample_and_judge(ch, ft=ft, label=name)
+    sampling = replace(sampling_from_params(ch.p), amplification=amplification)
+    scored = sample_and_judge(ch, ft=ft, label=name, sampling=sampling)
     row = {"setting": name, "temperature": temperature, "max_new_tokens": ch.p.max_new_tokens,
-           **({} if entry is None else {k: v for k, v in entry.items() if k != "dataset"}),
+           **({} if entry is None else {k: v for k, v in entry.items() if k != "dataset"}), "amplification": amplification,
            "dataset": "" if entry is None else Path(entry["dataset"]).name.split(".")[0],
            **summarise(scored, ch.judge_error), "seconds_this_run": round(time.perf_counter() - t0, 1)}
     if entry is not None:

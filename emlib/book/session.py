@@ -26,17 +26,17 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emlib import activations, generate, train
-from emlib.organisms import Organism, TrainConfig, fetch, organisms
-from emlib.sources import fingerprint
 from emlib.config import Params, validate
 from emlib.data import Question, load_questions
 from emlib.generate import SamplingConfig
-from emlib.metrics import JudgeError
 from emlib.interventions import Intervention
 from emlib.judge import Judge, JudgeCache, judge_responses
 from emlib.judge_check import em_error
 from emlib.llm_judges import LocalJudge, OpenAIJudge
+from emlib.metrics import JudgeError
 from emlib.models import LoadInfo, describe_model, load_model
+from emlib.organisms import Organism, TrainConfig, fetch, organisms
+from emlib.sources import fingerprint
 
 
 def setup(p: Params) -> None:
@@ -188,8 +188,8 @@ def judge_cache(p: Params) -> JudgeCache:
 def train_config_from_params(p: Params) -> TrainConfig:
     """The default ``TrainConfig`` named by the ``train_*`` keys of ``p``."""
     return TrainConfig(lr=p.train_lr, epochs=p.train_epochs, batch_size=p.train_batch_size,
-                             grad_accum=p.train_grad_accum, warmup_steps=p.train_warmup_steps,
-                             max_length=p.train_max_length, max_rows=p.train_max_rows, seed=p.seed)
+                       grad_accum=p.train_grad_accum, warmup_steps=p.train_warmup_steps,
+                       max_length=p.train_max_length, max_rows=p.train_max_rows, seed=p.seed)
 
 
 def train_organism(ch: Chapter, organism: Organism) -> train.TrainResult:
