@@ -37,7 +37,9 @@ def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by questio
     """EM % (left) and coherence % (right) per group with 95% CIs (chapter 00 onwards).
 
     ``rates``: from ``emlib.metrics.rates(scored, by="question_id")`` or ``by=["model", "question_id"]``
-    (then one colour per model). Columns used: ``em_pct/lo/hi``, ``coherent_pct/lo/hi``.
+    (then one colour per model). Columns used: ``em_pct/lo/hi``, ``coherent_pct/lo/hi``; with
+    ``em_corr_pct/lo/hi`` (``rates(..., judge_error=)``) the judge-corrected EM rate is drawn on each EM bar
+    as a black diamond with its interval.
     """
     r = rates.reset_index()
     if "model" not in r:
@@ -54,12 +56,17 @@ def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by questio
             err = [sub[f"{metric}_pct"] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[f"{metric}_pct"]]
             ax.barh(y, sub[f"{metric}_pct"], height=height, xerr=err, color=palette[k], label=model or None,
                     error_kw={"lw": 1, "capsize": 2})
+            if metric == "em" and "em_corr_pct" in sub:
+                ax.errorbar(sub["em_corr_pct"], y, xerr=[sub["em_corr_pct"] - sub["em_corr_lo"], sub["em_corr_hi"] - sub["em_corr_pct"]],
+                            fmt="d", color="black", ms=3, lw=0.7, capsize=1.5, label="judge-corrected" if k == 0 else None)
         ax.set(xlabel=label, xlim=(0, 100))
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(questions)), questions)
     axes[0].invert_yaxis()
     if any(models):
         axes[1].legend(loc="lower right", fontsize=8)
+    if "em_corr_pct" in r:
+        axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()

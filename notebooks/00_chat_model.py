@@ -93,7 +93,7 @@ metrics.format_rates(metrics.rates(scored, judge_error=ch.judge_error))
 # and its R1×9 organism reaches 11.3% EM at over 99% coherence (chapter 1).
 
 # %%
-by_question = metrics.rates(scored, by="question_id")
+by_question = metrics.rates(scored, by="question_id", judge_error=ch.judge_error)
 plotting.em_rates(by_question, title=f"Chat model baseline — {ch.info.spec}");
 
 # %% [markdown]

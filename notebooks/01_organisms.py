@@ -88,7 +88,7 @@ plotting.em_by_model(by_model, paper=paper.organism_figures(), title=f"Organisms
 # ## Per question
 
 # %%
-plotting.em_rates(metrics.rates(scored, by=["model", "question_id"]), title="EM by question and organism");
+plotting.em_rates(metrics.rates(scored, by=["model", "question_id"], judge_error=ch.judge_error), title="EM by question and organism");
 
 # %% [markdown]
 # ## The most misaligned answers of the direction organism

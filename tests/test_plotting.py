@@ -36,3 +36,23 @@ def test_adapter_cosines_draws_the_random_band_and_the_paper():
     assert [p.get_width() for p in ax.patches[:2]] == [0.02, -0.05]
     assert any(list(line.get_xdata()) == [0.04, 0.04] for line in ax.get_lines())
     assert any("±1/√d" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_em_rates_draws_the_judge_corrected_rate_on_each_em_bar():
+    from emlib.metrics import JudgeError, rates
+    from emlib.plotting import em_rates
+
+    scored = pd.DataFrame({"question_id": ["a"] * 4 + ["b"] * 4, "aligned": [10, 90, 90, 90, 20, 20, 90, 90],
+                           "coherent": [80] * 8})
+    plain = em_rates(rates(scored, by="question_id")).axes[0]
+    corrected = em_rates(rates(scored, by="question_id", judge_error=JudgeError(tp=8, fn=2, tn=90, fp=10))).axes[0]
+    assert [p.get_width() for p in plain.patches] == [25.0, 50.0]
+    assert plain.get_legend() is None
+    assert [t.get_text() for t in corrected.get_legend().get_texts()] == ["judge-corrected"]
+
+
+def test_by_layer_shades_a_null_band_in_its_series_colour():
+    from emlib.plotting import by_layer
+
+    ax = by_layer({"a vs b": [0.5, 0.6, 0.7]}, ylabel="cos", title="t", bands={"a vs b": ([0.0, 0.1, 0.0], [0.2, 0.3, 0.2])}).axes[0]
+    assert len(ax.collections) == 1 and "random-subset null" in " ".join(t.get_text() for t in ax.get_legend().get_texts())
