@@ -74,8 +74,9 @@ def local_dir(ref: str, *, revision: str | None = None, subfolder: str | None = 
 
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     patterns = [prefix + p for p in CONFIG_FILES] if configs_only else ([prefix + "*"] if prefix else None)
-    try:
-        root = Path(snapshot_download(ref, revision=revision, allow_patterns=patterns))
+    try:  # without a subfolder, only the top level (a repository's checkpoints/ can hold many more adapters)
+        root = Path(snapshot_download(ref, revision=revision, allow_patterns=patterns,
+                                      ignore_patterns=None if prefix else ["*/*"]))
     except Exception as e:  # offline and not cached, no such repo or revision, no network
         raise ModelError(f"{what} '{ref}'{f' (revision {revision})' if revision else ''}: not found locally; set "
                          f"HF_HUB_OFFLINE=0 with network access, or give a directory ({type(e).__name__}: "
