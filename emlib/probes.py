@@ -12,7 +12,9 @@ out-of-fold predictions give accuracy and AUROC with confidence intervals.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +108,27 @@ def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samp
         mask = batch.answer[..., None].float()
         out[start : start + len(scalars)] = ((scalars * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
     return out
+
+
+@contextlib.contextmanager
+def random_readouts(model: nn.Module, adapters: list[Adapter], seed: int = 0) -> Iterator[None]:
+    """Within the block, every rank-1 adapter of ``adapters`` reads along a random direction of the same norm
+    as its trained A (its ``lora_A`` weight [1, d_in] replaced; restored on exit): the features an untrained
+    adapter would give, the control that chapter 4's probes are set beside."""
+    g = torch.Generator().manual_seed(seed)
+    saved = []
+    with torch.no_grad():
+        for ad in adapters:
+            weight = model.get_submodule(f"{ad.module}.lora_A.{_adapter_key(model, ad)}").weight
+            saved.append((weight, weight.detach().clone()))
+            r = torch.randn(weight.shape, generator=g)
+            weight.copy_((r / r.norm() * weight.norm()).to(weight.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
 
 
 def token_scalars(model: nn.Module, tokenizer: PreTrainedTokenizerBase, question: str, response: str,

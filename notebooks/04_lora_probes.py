@@ -55,7 +55,7 @@ display.provenance(ch, probed.info)
 
 # %%
 source, general = source_of(ch)  # the direction and the judged answers, from chapter 2's cache
-adapters_table = roles = fitted = None
+adapters_table = roles = fitted = control = None
 if probed.skipped:
     display.note(probed.skipped)
 else:
@@ -75,10 +75,16 @@ if not probed.skipped:
     _, medical = topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
     datasets = chapter.probe_datasets(ch, general, medical)
     fitted = chapter.fit_probes(ch, probed, datasets)
-    display.show(chapter.probe_table(fitted, datasets))
+    control = chapter.fit_probes(ch, probed, datasets, random_readouts=True)  # the same probes, untrained readouts
+    display.show(chapter.probe_table(fitted, datasets, control))
     plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})");
 
 # %% [markdown]
+# Each probe is followed by its control: the same probe when every adapter's A is replaced
+# by a random vector of the same norm, the readout an untrained adapter would have. A probe
+# that does no better than its control says the trained readouts carry nothing the random
+# ones do not.
+#
 # Blue bars: coefficients whose bootstrap 95% interval excludes zero. An adapter is
 # *general* if it predicts misalignment, *medical-specific* if it predicts only the
 # medical context. The paper: six general and two medical-specific of nine.
@@ -103,7 +109,7 @@ if not probed.skipped:
 
 # %%
 cosines, steer_layer = chapter.downstream_geometry(ch, probed.ft, general, source)
-chapter.record_probes(ch, adapters_table, roles, fitted, cosines)  # for the results page
+chapter.record_probes(ch, adapters_table, roles, fitted, cosines, control)  # for the results page
 paper_at = int(paper.value("downstream_layer"))
 plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=paper.value("downstream_cosine"),
                   hline_label=f"paper: {paper.FIGURES['downstream_cosine'].text}",

@@ -131,6 +131,9 @@ def test_probes_too_small_to_fit_are_reported_not_raised():
     datasets = {"misaligned vs aligned": (None, one), "medical vs general context": (None, y)}
     table = probe_table(fitted, datasets)
     assert table.loc["misaligned vs aligned", "accuracy (95% CI)"].startswith("not fitted")
+    with_control = probe_table(fitted, datasets, control=fitted)
+    assert list(with_control.index) == ["misaligned vs aligned", "misaligned vs aligned: random readouts (control)",
+                                        "medical vs general context", "medical vs general context: random readouts (control)"]
     assert table.loc["misaligned vs aligned", "responses (positive)"] == "60 (1)"
     assert set(roles(fitted)["role"]) == {"n/a (a probe was not fitted)"}
     assert len(probe_coefficients(fitted).axes) == 1  # the fitted probe only

@@ -139,3 +139,21 @@ def test_roles_table_says_which_probe_was_not_fitted():
     assert list(one.index) == ["a", "b", "c"] and set(one["role"]) == {"n/a (a probe was not fitted)"}
     assert one["misalignment coef"].isna().all() and one.loc["b", "medical coef"] > 0
     assert roles_table(None, None).attrs["summary"] == "no probe fitted"
+
+
+def test_random_readouts_read_along_same_norm_random_directions_and_are_restored(r1_model):
+    from emlib.probes import random_readouts
+
+    adapters = rank1_adapters(r1_model)
+    rows = [([5, 6, 7, 8, 9, 10], 2), ([11, 12, 13], 1)]
+    (batch,) = list(batches(rows, 2, pad_id=0))
+    trained, original = lora_scalars(r1_model, batch, adapters), [ad.a.clone() for ad in adapters]
+    with random_readouts(r1_model, adapters, seed=3):
+        for before, after in zip(original, rank1_adapters(r1_model)):
+            torch.testing.assert_close(after.a.norm(), before.norm())
+            assert abs(torch.nn.functional.cosine_similarity(after.a, before, dim=0)) < 0.9
+        control = lora_scalars(r1_model, batch, adapters)
+    assert not torch.allclose(control, trained)
+    torch.testing.assert_close(lora_scalars(r1_model, batch, adapters), trained)  # restored on exit
+    for before, after in zip(original, rank1_adapters(r1_model)):
+        torch.testing.assert_close(after.a, before)

@@ -3,6 +3,7 @@ probes on their LoRA scalars, and the activation changes they induce downstream.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,22 +86,31 @@ def probe_datasets(ch: Chapter, general: pd.DataFrame, medical: pd.DataFrame) ->
     return probes.probe_datasets(general, medical, p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
 
 
-def fit_probes(ch: Chapter, probed: Probed,
-               datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> dict[str, probes.ProbeResult | None]:
+def fit_probes(ch: Chapter, probed: Probed, datasets: dict[str, tuple[pd.DataFrame, np.ndarray]],
+               random_readouts: bool = False) -> dict[str, probes.ProbeResult | None]:
     """LoRA-scalar features of every dataset's responses through the probed organism (unmerged), and a probe per
-    dataset: name -> ``ProbeResult``, or None where a class has fewer than ``MIN_PROBE_CLASS`` answers."""
+    dataset: name -> ``ProbeResult``, or None where a class has fewer than ``MIN_PROBE_CLASS`` answers.
+    ``random_readouts``: the control, every A replaced by a same-norm random vector (``probes.random_readouts``)."""
     model, tok, adapters = probed.model, probed.tok, probed.adapters
     names = [a.name for a in adapters]
-    return {name: probes.fit_probe(probes.response_features(model, tok, rows, adapters, ch.p.activation_batch_size),
-                                   labels, names, seed=ch.p.seed) if probes.fittable(labels) else None
-            for name, (rows, labels) in datasets.items()}
+    swap = probes.random_readouts(model, adapters, seed=ch.p.seed) if random_readouts else contextlib.nullcontext()
+    with swap:
+        return {name: probes.fit_probe(probes.response_features(model, tok, rows, adapters, ch.p.activation_batch_size),
+                                       labels, names, seed=ch.p.seed) if probes.fittable(labels) else None
+                for name, (rows, labels) in datasets.items()}
 
 
-def probe_table(results: dict[str, probes.ProbeResult | None],
-                datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> pd.DataFrame:
-    """Cross-validated accuracy and AUROC (95% CIs) per probe; why a probe was not fitted."""
-    rows = []
-    for name, r in results.items():
+def probe_table(results: dict[str, probes.ProbeResult | None], datasets: dict[str, tuple[pd.DataFrame, np.ndarray]],
+                control: dict[str, probes.ProbeResult | None] | None = None) -> pd.DataFrame:
+    """Cross-validated accuracy and AUROC (95% CIs) per probe, each followed by the same probe on random readouts
+    (``control``, if given); why a probe was not fitted."""
+    rows, index = [], []
+    entries = [(name, name, r) for name, r in results.items()]  # (row label, dataset, result)
+    if control is not None:
+        entries = [e for name, r in results.items()
+                   for e in ((name, name, r), (f"{name}: random readouts (control)", name, control[name]))]
+    for label, name, r in entries:
+        index.append(label)
         labels = datasets[name][1]
         if r is None:
             rows.append({"responses (positive)": f"{len(labels)} ({int(labels.sum())})", "folds": "",
@@ -110,7 +120,7 @@ def probe_table(results: dict[str, probes.ProbeResult | None],
             rows.append({"responses (positive)": f"{r.n} ({r.n_positive})", "folds": r.folds,
                          "accuracy (95% CI)": f"{r.accuracy:.2f} ({r.accuracy_ci[0]:.2f}–{r.accuracy_ci[1]:.2f})",
                          "AUROC (95% CI)": f"{r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"})
-    return pd.DataFrame(rows, index=pd.Index(list(results), name="probe"))
+    return pd.DataFrame(rows, index=pd.Index(index, name="probe"))
 
 
 def roles(results: dict[str, probes.ProbeResult | None]) -> pd.DataFrame:
@@ -141,9 +151,11 @@ def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, directio
 
 
 def record_probes(ch: Chapter, adapters_table: pd.DataFrame | None, roles_: pd.DataFrame | None,
-                  results: dict[str, probes.ProbeResult | None] | None, cosines: list[float]) -> None:
-    """The results page's figures: B-vector cosines, the downstream cosine at the paper's layer, the roles
-    (``None`` tables: the direction organism has no rank-1 adapters, and the page says so)."""
+                  results: dict[str, probes.ProbeResult | None] | None, cosines: list[float],
+                  control: dict[str, probes.ProbeResult | None] | None = None) -> None:
+    """The results page's figures: B-vector cosines, the downstream cosine at the paper's layer, the roles with
+    each probe's random-readout control (``None`` tables: the direction organism has no rank-1 adapters, and
+    the page says so)."""
     p, f = ch.p, ch.params_file
     layer = paper_layer(int(value("downstream_layer")), len(cosines))
     record(p, f, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)",
@@ -159,8 +171,11 @@ def record_probes(ch: Chapter, adapters_table: pd.DataFrame | None, roles_: pd.D
            verdict=f"reproduced: every B vector is as orthogonal to the direction as random ones (|cos| < {band:.3f} = 2/√d)"
            if (cos.abs() < band).all() else f"not reproduced: {int((cos.abs() >= band).sum())} of {len(cos)} B vectors "
            f"have |cos| ≥ {band:.3f} = 2/√d")
+    def auroc(r: probes.ProbeResult) -> str:
+        return f"AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"
+
     aurocs = "; ".join(f"{name}: not fitted (too few answers in a class)" if r is None else
-                       f"{name} AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"
+                       f"{name} {auroc(r)}" + (f", random readouts {auroc(control[name])}" if control and control.get(name) else "")
                        for name, r in results.items())
     unfitted = [name for name, r in results.items() if r is None]
     record(p, f, "probe_roles", f"{roles_.attrs['summary']} (of {len(roles_)}); {aurocs}",
