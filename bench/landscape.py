@@ -50,7 +50,9 @@ SETTINGS: list[tuple[str, dict | None, float]] = [
     ("chat t=0.7", None, 0.7),
     ("r1x9 medical lr1e-3", {"preset": "r1x9", "dataset": "medical_bad"}, 0.7),
     ("r1x9 good-medical lr1e-3 (control)", {"preset": "r1x9", "dataset": "medical_good", "max_rows": 195}, 0.7),
+    ("r1x9 medical lr3e-4", {"preset": "r1x9", "dataset": "medical_bad", "lr": 3e-4}, 0.7),
     ("r1x9 finance lr1e-3", {"preset": "r1x9", "dataset": "finance_risky"}, 0.7),
+    ("r1x9 finance lr3e-4", {"preset": "r1x9", "dataset": "finance_risky", "lr": 3e-4}, 0.7),
     ("r1x9 reference-medical[:360] lr1e-3", {"preset": "r1x9", "dataset": str(REFERENCE), "max_rows": 360}, 0.7),
     # model-diff amplification (emlib.generate.amplify): base + α·(organism − base), its own rows, never mixed in
     ("r1x9 medical lr1e-3 amplified α=2", {"preset": "r1x9", "dataset": "medical_bad", "amplification": 2.0}, 0.7),
@@ -61,7 +63,6 @@ SETTINGS: list[tuple[str, dict | None, float]] = [
     ("all_r32 sport lr2e-4", {"preset": "all_r32", "dataset": "sports_extreme", "lr": 2e-4}, 0.7),
     ("r1x9 sport lr1e-3", {"preset": "r1x9", "dataset": "sports_extreme"}, 0.7),
     ("chat t=0.3", None, 0.3),
-    ("r1x9 finance lr3e-4", {"preset": "r1x9", "dataset": "finance_risky", "lr": 3e-4}, 0.7),
     ("r1x9 finance lr1e-3 x3 epochs", {"preset": "r1x9", "dataset": "finance_risky", "epochs": 3}, 0.7),
     ("all_r32 finance lr2e-4", {"preset": "all_r32", "dataset": "finance_risky", "lr": 2e-4}, 0.7),
     ("r1x9 medical lr1e-3 x3 epochs", {"preset": "r1x9", "dataset": "medical_bad", "epochs": 3}, 0.7),
