@@ -181,3 +181,20 @@ def test_the_paper_organisms_preset_passes_check_params_given_the_hub_files(tmp_
                               cwd=tmp_path, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert f"ok: {ROOT / 'params' / preset}.yaml" in proc.stdout
+
+
+def test_check_params_reads_files_only_no_torch(default_model):
+    """`make check-params` answers in about a second: once the default model is converted, validating the
+    default preset (datasets, questions, layers) imports neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    from conftest import CACHE_DIR
+
+    code = ("import sys; from emlib.config import validate; "
+            f"validate('params/default.yaml', {{'cache_dir': {str(CACHE_DIR)!r}}}); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1",
+                                                                                              "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
