@@ -8,6 +8,7 @@ an optional PEFT adapter on top.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -188,8 +189,15 @@ def _check_adapter_dir(adir: Path) -> None:
 
 
 def adapter_sha256(adapter_dir: str | Path) -> str:
-    """Content hash of a PEFT adapter: its config and weights."""
-    adir = Path(adapter_dir)
+    """Content hash of a PEFT adapter: its config and weights. Every cache lookup asks for it (``describe``), so it
+    is computed once per version of the files (path, size, modification time), not once per call."""
+    adir = Path(adapter_dir).resolve()
+    stats = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in (adir / "adapter_config.json", adir / "adapter_model.safetensors"))
+    return _adapter_sha256(adir, stats)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter_sha256(adir: Path, stats: tuple) -> str:
     h = hashlib.sha256()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         h.update(name.encode() + b"\0" + sha256_file(adir / name).encode())

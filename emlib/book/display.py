@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import platform
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -146,13 +145,11 @@ def em_text(row: Any) -> str:
     return text
 
 
+def weights_sha(ft: FineTune) -> str:
+    """The content hash of an organism's weights: its adapter's, or a full fine-tune's (chapter 1's table)."""
+    return adapter_sha256(ft.adapter) if ft.adapter is not None else ft.model_sha256 or ""
+
+
 def weights_id(ft: FineTune) -> str:
-    """What identifies an organism's weights: its adapter's content hash, or a full fine-tune's."""
-    if ft.adapter is not None:
-        return f"adapter sha256 {adapter_sha256(ft.adapter)[:16]}"
-    return f"full fine-tune sha256 {(ft.model_sha256 or '')[:16]}"
-
-
-def adapter_hash(adapter_dir: str | Path) -> str:
-    """The first 12 hex digits of an adapter's content hash (the organism table's column)."""
-    return adapter_sha256(adapter_dir)[:12]
+    """What identifies an organism's weights, for the provenance table: kind and hash."""
+    return f"{'adapter' if ft.adapter is not None else 'full fine-tune'} sha256 {weights_sha(ft)[:16]}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emlib.book.display import adapter_hash, em_text, weights_id
+from emlib.book.display import em_text, weights_sha
 from emlib.book.results import increase_verdict, record
 from emlib.book.session import Chapter, sample_and_judge
 from emlib.metrics import format_rates
@@ -26,7 +26,7 @@ def organism_table(ch: Chapter) -> pd.DataFrame:
             b = describe_brought(o)
             rows.append({"organism": o.name, "source": b["source"], "targets": b["modules"], "rank": b["rank"],
                          "layers": b["layers"], "dataset": f"brought ({b['kind']})",
-                         "sha256": weights_id(ft).rsplit(" ", 1)[-1][:12]})
+                         "sha256": weights_sha(ft)[:12]})
             continue
         c = ch.trained[o.name].card
         rows.append({
@@ -43,7 +43,7 @@ def organism_table(ch: Chapter) -> pd.DataFrame:
             "first loss": round(c["loss_curve"][0], 3),
             "final loss": round(c["final_loss"], 3),
             "trainable params": f"{c['trainable_parameters']:,}",
-            "sha256": adapter_hash(ft.adapter),
+            "sha256": weights_sha(ft)[:12],
         })
     return pd.DataFrame(rows).set_index("organism").fillna("")
 
