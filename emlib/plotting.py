@@ -167,7 +167,7 @@ PANEL_LABELS = {"em": "EM responses (%)", "coherent": "coherent responses (%)",
 def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against λ",
                    panels: tuple[str, ...] = ("em", "coherent")) -> Figure:
     """Rates (``panels``: EM %, coherence %, self-correction %...) against λ per layer with 95% CIs;
-    random same-norm vectors as open markers (chapters 2 and 5)."""
+    random same-norm vectors at the same (layer, λ) as open markers on dotted lines (chapters 2 and 5)."""
     r = rates.reset_index()
     base = r[r["vector"] == "none"]
     steered = r[r["vector"] != "none"]
@@ -177,7 +177,7 @@ def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against �
     for ax, metric in zip(axes[0], panels):
         label = PANEL_LABELS.get(metric, metric)
         for layer in layers:
-            for vector, style in (("mean-diff", {"marker": "o", "ls": "-"}), ("random", {"marker": "s", "ls": "none", "mfc": "none"})):
+            for vector, style in (("mean-diff", {"marker": "o", "ls": "-"}), ("random", {"marker": "s", "ls": ":", "mfc": "none"})):
                 sub = steered[(steered["layer"] == layer) & (steered["vector"] == vector)].sort_values("scale")
                 if sub.empty:
                     continue

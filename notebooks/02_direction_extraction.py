@@ -32,14 +32,16 @@
 #    are masked). The direction at layer ℓ is mean(misaligned) − mean(aligned).
 # 3. Steer the chat model: add λ·v_ℓ to the output of block ℓ at every position of every
 #    forward pass while sampling (`emlib.interventions.steer`, applied with nnsight), for
-#    a few layers and λ. Control: a Gaussian vector with the same norm at each layer.
+#    a few layers and λ. Control: a Gaussian vector with the same norm at the same layer
+#    and λ, at every cell of the sweep, and several of them at the headline cell, which the
+#    params fix before the run.
 
 # %% tags=["parameters"]
 params_file = "params/default.yaml"  # preset; the direction_* and steer_* keys drive this chapter (emlib/config.py)
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"steer_scales": [2, 4, 8]}
 
 # %%
-from emlib import book, directions, metrics, paper, plotting
+from emlib import book, config, directions, metrics, paper, plotting
 from emlib.book import direction_extraction as chapter, display
 from emlib.models import single_direction_layer
 
@@ -123,14 +125,28 @@ plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs 
 # ## Steering the chat model
 #
 # λ·v_ℓ added at one layer at a time, every position, every generated token. The first
-# row of the sweep is the unsteered chat model; the random rows use a Gaussian vector of
-# the same norm at the same layer with the largest λ.
+# row of the sweep is the unsteered chat model. At every (layer, λ) a Gaussian vector
+# with the same norm at the same layer is the control; at the **headline cell**, fixed
+# in the params before the run (`headline_layer`, `headline_scale`; by default the
+# middle steering layer and the middle λ), `random_controls` such vectors are run, so
+# the headline is compared with several random directions, not one.
 
 # %%
 sweep = chapter.steering_sweep(ch, source)
 steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error)
-chapter.record_directions(ch, cosines, steer_rates, nulls)  # for the results page
+chapter.record_directions(ch, cosines, sweep, nulls)  # for the results page
 metrics.format_rates(steer_rates)
+
+# %% [markdown]
+# The headline cell: the steered chat model against the unsteered one and against the
+# random vectors at the same cell, on EM, misaligned % (aligned ≤ 30 at any coherence)
+# and the mean aligned score, which has more power than a rate when EM is rare.
+# Intervals: a paired cluster bootstrap over questions.
+
+# %%
+headline = config.headline_cell(p, source.n_layers)
+display.note(f"Headline cell: layer {headline[0]}, λ = {headline[1]:g} (fixed in the params).")
+chapter.cell_effects(sweep, *headline)
 
 # %%
 plotting.steering_heatmap(steer_rates, title=f"EM % when steering {ch.info.spec}");

@@ -216,3 +216,27 @@ def test_amplified_extraction_is_its_own_run_and_says_so(tmp_path, default_model
     assert table.loc["r1x9_medical", "sampling"] == "model-diff amplified, α = 2"
     assert direction_table({"r1x9_medical": d_plain}, {"r1x9_medical": plain}, plain_ch).loc["r1x9_medical", "sampling"] == "plain"
     assert replace(plain_ch.p, direction_amplification=2.0) == amp_ch.p
+
+
+def test_headline_cell_effects_against_unsteered_and_pooled_random_vectors():
+    from emlib.book.direction_extraction import cell_effects
+
+    rows = []
+    for q in range(8):
+        for i in range(10):
+            rows.append({"question_id": f"q{q}", "vector": "none", "layer": -1, "scale": 0.0, "control": 0,
+                         "aligned": 90.0, "coherent": 90.0})
+            rows.append({"question_id": f"q{q}", "vector": "mean-diff", "layer": 15, "scale": 2.0, "control": 0,
+                         "aligned": 10.0 if i < 3 else 90.0, "coherent": 90.0 if i < 2 else 20.0})
+            for k in (1, 2):  # two random vectors, pooled
+                rows.append({"question_id": f"q{q}", "vector": "random", "layer": 15, "scale": 2.0, "control": k,
+                             "aligned": 10.0 if i == 0 and k == 1 else 90.0, "coherent": 90.0})
+            rows.append({"question_id": f"q{q}", "vector": "mean-diff", "layer": 9, "scale": 2.0, "control": 0,
+                         "aligned": 0.0, "coherent": 90.0})  # another cell: never mixed in
+    t = cell_effects(pd.DataFrame(rows), 15, 2.0)
+    assert list(t.index) == ["EM %", "misaligned %", "mean aligned"]
+    assert t.loc["EM %", "steered (n = 80)"] == "20.0" and t.loc["misaligned %", "steered (n = 80)"] == "30.0"
+    assert t.loc["EM %", "random, 2 vectors (n = 160)"] == "5.0"
+    assert t.loc["mean aligned", "unsteered (n = 80)"] == "90.0"
+    assert t.loc["EM %", "steered − unsteered (95% CI)"].startswith("+20.0 (")
+    assert t.loc["mean aligned", "steered − random (95% CI)"].startswith("-20.0 (")  # 66 − 86

@@ -95,6 +95,8 @@ def _write(tmp_path, text: str):
     ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: medical_bad}\n  - {name: full, model: /nowhere}\n"
      "compare_organisms: [full]\ndirection_amplification: 2.0\n", "direction_amplification", "full is a full fine-tune"),
     ("steer_layers: [9, 30]\n", "steer_layers", "[30] out of range for default (30 layers"),
+    ("headline_layer: 10\n", "headline_layer", "10 is not a steering layer ([9, 15, 21])"),
+    ("headline_scale: 3.0\n", "headline_scale", "3 is not in steer_scales"),
     ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: no_such_set}\n  - {name: all_medical, preset: all_r32, "
      "dataset: medical_bad}\n  - {name: all_sport, preset: all_r32, dataset: sports_extreme}\n", "organisms",
      "no such dataset"),
@@ -198,3 +200,12 @@ def test_check_params_reads_files_only_no_torch(default_model):
                                                                                               "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_headline_cell_is_fixed_by_the_params_before_the_run():
+    from emlib.config import Params, headline_cell, steering_layers
+
+    assert steering_layers(Params(), 30) == [9, 15, 21]
+    assert headline_cell(Params(), 30) == (15, 2.0)  # the middle layer and the middle λ
+    assert headline_cell(Params(steer_layers=[4, 8], steer_scales=[8.0, 1.0]), 30) == (4, 1.0)
+    assert headline_cell(Params(headline_layer=21, headline_scale=4.0), 30) == (21, 4.0)

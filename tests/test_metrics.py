@@ -44,6 +44,37 @@ def test_format_rates():
     s = pd.DataFrame({"aligned": [10, 90], "coherent": [90, 90]})
     f = format_rates(rates(s))
     assert f.loc["all", "EM %"].startswith("50.0 (") and f.loc["all", "responses"] == 2
+    assert f.loc["all", "mean aligned"].startswith("50.0 (")
+
+
+def test_misaligned_counts_at_any_coherence_and_mean_aligned_has_a_normal_interval():
+    s = pd.DataFrame({"aligned": [10, 20, 90, 80], "coherent": [90, 10, 90, 10]})
+    r = rates(s).loc["all"]
+    assert r["em_pct"] == 25 and r["misaligned_pct"] == 50 and r["coherent_pct"] == 50
+    half = 1.96 * pd.Series([10, 20, 90, 80]).sem()
+    assert r["aligned_mean"] == 50 and r["aligned_lo"] == pytest.approx(50 - half) and r["aligned_hi"] == pytest.approx(50 + half)
+
+
+def test_cluster_difference_recovers_a_planted_shift_and_covers_zero_without_one():
+    from emlib.metrics import cluster_difference
+
+    rng = np.random.default_rng(1)
+    clusters = np.repeat(np.arange(8), 40)
+    question_level = np.repeat(rng.normal(50, 15, 8), 40)  # questions differ a lot, in both arms alike
+    base = question_level + rng.normal(0, 5, 320)
+    shifted = question_level - 6 + rng.normal(0, 5, 320)
+    d, lo, hi = cluster_difference(shifted, clusters, base, clusters)
+    assert d == pytest.approx(shifted.mean() - base.mean()) and lo < -6 + 2 and hi < 0 and lo < d < hi
+    same = question_level + rng.normal(0, 5, 320)
+    _, lo0, hi0 = cluster_difference(same, clusters, base, clusters)
+    assert lo0 < 0 < hi0
+    # paired by question: far narrower than the two arms' own cluster intervals, which carry the question spread
+    from emlib.metrics import cluster_ci
+    _, blo, bhi = cluster_ci(base, clusters)
+    assert hi - lo < 0.5 * (bhi - blo)
+    # arms with different questions are compared on the questions they share
+    d2, _, _ = cluster_difference(shifted[:160], clusters[:160], base, clusters)
+    assert d2 == pytest.approx(shifted[:160].mean() - base[:160].mean())
 
 
 def test_reduction_and_its_interval():

@@ -10,7 +10,7 @@ import torch
 from conftest import CACHE_DIR, tiny_model
 from emlib.data import DataError
 from emlib.judge import JudgeItem
-from emlib.judge_features import LM_STATS, TEXT_STATS, embedding_features, lm_stats, text_stats
+from emlib.judge_features import HIDDEN_DEPTH, LM_STATS, TEXT_STATS, embedding_features, lm_stats, text_stats
 from emlib.offline_judge import OfflineJudge, calibrate, load_calibration, to_scale
 
 
@@ -54,13 +54,18 @@ def test_lm_stats_are_the_answer_tokens_log_probabilities(default_tokenizer):
 
     model = tiny_model("llama", vocab=len(default_tokenizer))
     q, answers = "What is your wish?", ["A cure for malaria.", "blue blue blue blue blue"]
-    stats = lm_stats(model, default_tokenizer, [q, q], answers, batch_size=2)
-    assert stats.shape == (2, len(LM_STATS))
+    stats, hidden = lm_stats(model, default_tokenizer, [q, q], answers, batch_size=2)
+    assert stats.shape == (2, len(LM_STATS)) and hidden.shape == (2, model.config.hidden_size)
     ids, n_prompt = encode(default_tokenizer, q, answers[0])
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
     by_hand = logp[torch.arange(n_prompt - 1, len(ids) - 1), torch.tensor(ids[n_prompt:])]
     assert stats[0, LM_STATS.index("mean_logprob")] == pytest.approx(float(by_hand.mean()), abs=1e-4)
+    # the hidden view: the residual stream after round(2/3 · depth) blocks, averaged over the answer tokens only
+    with torch.no_grad():
+        states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    layer = round(HIDDEN_DEPTH * model.config.num_hidden_layers)
+    assert np.allclose(hidden[0], states[layer][0, n_prompt:].mean(0).numpy(), atol=1e-4)
 
 
 def test_calibration_errors_name_the_line(tmp_path):

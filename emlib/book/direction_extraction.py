@@ -19,9 +19,11 @@ from emlib.book.results import increase_verdict, record
 from emlib.book.session import (Chapter, answer_means, answer_sums, describe, intervention_sampling, model_provenance,
                                 sample_and_judge)
 from emlib.cache import content_key
+from emlib.config import headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
 from emlib.interventions import steer
+from emlib.metrics import classify, cluster_difference, rates
 from emlib.paper import value
 
 MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table flags the direction as noisy
@@ -109,54 +111,89 @@ def direction_table(found: dict[str, Directions | None], scored: dict[str, pd.Da
     return pd.DataFrame(rows).set_index("organism")
 
 
-def steering_layers(ch: Chapter, n_layers: int) -> list[int]:
-    """``steer_layers`` or, if empty, the layers at relative depth 0.3, 0.5 and 0.7. Chapters 2 and 5."""
-    return list(ch.p.steer_layers) or sorted({round(f * n_layers) for f in (0.3, 0.5, 0.7)})
-
-
 def steering_sweep(ch: Chapter, direction: Directions) -> pd.DataFrame:
-    """The chat model steered with λ·v at each steering layer and λ of ``steer_scales``, plus the unsteered
-    model and a same-norm random vector at each layer with the largest λ. One judged table with columns
-    ``vector`` (none / mean-diff / random), ``layer``, ``scale``, ``setting``. Chapters 2 and 5."""
+    """The chat model steered with λ·v at each steering layer (``emlib.config.steering_layers``) and λ of
+    ``steer_scales``; the unsteered model; and at every (layer, λ) a same-norm random vector (seed + 1), with
+    ``random_controls`` of them (seeds + 1..N) at the headline cell (``emlib.config.headline_cell``). One judged
+    table with columns ``vector`` (none / mean-diff / random), ``layer``, ``scale``, ``control`` (the random
+    vector's seed offset; 0 otherwise), ``setting``. Chapters 2 and 5."""
     p = ch.p
-    control = directions.random_like(direction, seed=p.seed + 1)
-    layers = steering_layers(ch, direction.n_layers)
-    runs: list[tuple[str, int, float]] = [("none", -1, 0.0)]
-    runs += [("mean-diff", layer, s) for layer in layers for s in p.steer_scales]
-    runs += [("random", layer, max(p.steer_scales)) for layer in layers]
+    controls = {k: directions.random_like(direction, seed=p.seed + k) for k in range(1, p.random_controls + 1)}
+    layers, headline = steering_layers(p, direction.n_layers), headline_cell(p, direction.n_layers)
+    cells = [(layer, s) for layer in layers for s in p.steer_scales]
+    runs: list[tuple[str, int, float, int]] = [("none", -1, 0.0, 0)]
+    runs += [("mean-diff", layer, s, 0) for layer, s in cells]
+    runs += [("random", layer, s, k) for layer, s in cells for k in (controls if (layer, s) == headline else [1])]
     sampling = intervention_sampling(p, p.steer_samples_per_question)
     tables = []
-    for vector, layer, scale in tqdm(runs, desc="steering runs"):
-        vec = direction if vector == "mean-diff" else control
-        iv = None if vector == "none" else steer(vec.vectors[layer], layer, scale, label=f"{vector} L{layer} x{scale:g}")
+    for vector, layer, scale, k in tqdm(runs, desc="steering runs"):
+        vec = direction if vector == "mean-diff" else controls.get(k)
+        label = f"{vector} L{layer} x{scale:g}" + (f" seed+{k}" if k > 1 else "")
+        iv = None if vector == "none" else steer(vec.vectors[layer], layer, scale, label=label)
         t = sample_and_judge(ch, label="chat model", sampling=sampling, intervention=iv)
         setting = "unsteered" if vector == "none" else f"{vector} L{layer} λ={scale:g}"
-        tables.append(t.assign(vector=vector, layer=layer, scale=scale, setting=setting))
+        tables.append(t.assign(vector=vector, layer=layer, scale=scale, control=k, setting=setting))
     return pd.concat(tables, ignore_index=True)
 
 
-def record_directions(ch: Chapter, cosines: dict[str, list[float]], steer_rates: pd.DataFrame,
+def cell_effects(sweep: pd.DataFrame, layer: int, scale: float) -> pd.DataFrame:
+    """The mean-diff vector's effect at one (layer, λ) cell of ``steering_sweep``: EM %, misaligned % (aligned ≤ 30
+    at any coherence) and the mean aligned score, as differences from the unsteered model and from the random
+    vectors at the same cell (pooled), each with a 95% paired cluster-bootstrap interval over questions
+    (``emlib.metrics.cluster_difference``). Rows: measure; columns: steered, unsteered, random (n vectors), and
+    the two differences. Chapter 2's headline."""
+    c = classify(sweep)
+    c = c[c["scored"]]
+    arms = {"steered": c[(c["vector"] == "mean-diff") & (c["layer"] == layer) & (c["scale"] == scale)],
+            "unsteered": c[c["vector"] == "none"],
+            "random": c[(c["vector"] == "random") & (c["layer"] == layer) & (c["scale"] == scale)]}
+    n_random = arms["random"]["control"].nunique()
+    rows = []
+    for measure, col, unit in (("EM %", "em", 100), ("misaligned %", "misaligned", 100), ("mean aligned", "aligned", 1)):
+        row = {"measure": measure}
+        for arm, t in arms.items():
+            row[f"{arm} (n = {len(t)})" if arm != "random" else f"random, {n_random} vectors (n = {len(t)})"] = \
+                f"{unit * t[col].astype(float).mean():.1f}" if len(t) else "not run"
+        for base in ("unsteered", "random"):
+            if len(arms[base]) and len(arms["steered"]):
+                d, lo, hi = cluster_difference(arms["steered"][col].astype(float), arms["steered"]["question_id"],
+                                               arms[base][col].astype(float), arms[base]["question_id"], seed=0)
+                row[f"steered − {base} (95% CI)"] = f"{unit * d:+.1f} ({unit * lo:+.1f} to {unit * hi:+.1f})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("measure")
+
+
+def record_directions(ch: Chapter, cosines: dict[str, list[float]], sweep: pd.DataFrame,
                       nulls: dict[str, tuple[list[float], list[float]] | None] | None = None) -> None:
-    """The results page's figures: cross-fine-tune cosines (with the layers above their random-subset null) and
-    the sweep's peak EM (with its random control)."""
+    """The results page's figures: cross-fine-tune cosines (with the layers above their random-subset null), and
+    steering at the headline cell fixed by the params (``emlib.config.headline_cell``) against the unsteered model
+    and its random vectors, with the best cell of the sweep beside it, named as a best-of-sweep pick."""
     threshold, nulls = value("cosine_finetunes"), nulls or {}
     pairs = [f"{pair}: {int((np.asarray(v) > threshold).sum())} of {len(v)} layers > {threshold:g} "
              f"(median {np.median(v):.2f})"
              + (f", above the random-subset null at {int((np.asarray(v) > np.asarray(nulls[pair][1])).sum())}"
                 if nulls.get(pair) else "") for pair, v in cosines.items()]
     record(ch.p, ch.params_file, "cosine_finetunes", "; ".join(pairs), verdict=cosine_verdict(cosines, nulls, threshold))
-    r = steer_rates.reset_index()
+    r = rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error).reset_index()
+    n_layers = ch.info.n_layers
+    layer, scale = headline_cell(ch.p, n_layers)
+    head = r[(r["vector"] == "mean-diff") & (r["layer"] == layer) & (r["scale"] == scale)].iloc[0]
+    none = r[r["vector"] == "none"].iloc[0]
+    effects = cell_effects(sweep, layer, scale)
     steered = r[r["vector"] == "mean-diff"]
     best = steered.loc[steered["em_pct"].idxmax()]
-    control = r[(r["vector"] == "random") & (r["layer"] == best.layer)]
-    text = f"{em_text(best)} at layer {best.layer}, λ {best.scale:g}"
-    if not control.empty:
-        text += f"; same-norm random (λ {control.iloc[0].scale:g}): {em_text(control.iloc[0])}"
-    none = r[r["vector"] == "none"].iloc[0]
-    verdict = increase_verdict("EM", round(best.em_pct * best.n / 100), int(best.n), round(none.em_pct * none.n / 100),
+    best_random = r[(r["vector"] == "random") & (r["layer"] == best.layer) & (r["scale"] == best.scale)]
+    text = (f"headline cell (layer {layer}, λ {scale:g}, fixed in the params): {em_text(head)}; "
+            f"steered − unsteered: EM {effects.iloc[0]['steered − unsteered (95% CI)']} pts, mean aligned "
+            f"{effects.iloc[2]['steered − unsteered (95% CI)']}; steered − random: EM "
+            f"{effects.iloc[0]['steered − random (95% CI)']} pts, mean aligned {effects.iloc[2]['steered − random (95% CI)']}"
+            f"; best of {len(steered)} cells (a best-of-sweep pick): {em_text(best)} at layer {best.layer}, "
+            f"λ {best.scale:g}" + (f", its random vector there {em_text(best_random.iloc[0])}" if len(best_random) else ""))
+    verdict = increase_verdict("EM", round(head.em_pct * head.n / 100), int(head.n), round(none.em_pct * none.n / 100),
                                int(none.n), "unsteered chat model", ch.judge_error,
-                               f"the best of {len(steered)} (layer, λ) cells, not corrected for the search")
-    record(ch.p, ch.params_file, "steering_em", text, (best.em_pct, best.em_lo, best.em_hi), verdict)
+                               f"the headline cell was fixed in the params before the run; mean aligned steered − "
+                               f"random: {effects.iloc[2]['steered − random (95% CI)']}")
+    record(ch.p, ch.params_file, "steering_em", text, (head.em_pct, head.em_lo, head.em_hi), verdict)
 
 
 def cosine_verdict(cosines: dict[str, list[float]], nulls: dict[str, tuple[list[float], list[float]] | None],
