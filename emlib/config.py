@@ -71,6 +71,7 @@ class Params:
             {"name": "r1x9_good_medical", "preset": "r1x9", "dataset": "medical_good"},
         ]
     )
+    control_organism: str | None = None  # the aligned control (good advice): chapter 1 sets each organism beside it
     train_lr: float = 2e-5  # paper: 1e-5 (all-adapter) .. 2e-5
     train_epochs: int = 1  # paper: 1
     train_batch_size: int = 2  # paper: 2
@@ -94,6 +95,7 @@ class Params:
     set_coherent_min: float = 50.0  # direction sets: coherent > this (paper: 50)
     set_aligned_min: float = 70.0  # aligned set: aligned > this (paper: 70)
     set_misaligned_max: float = 30.0  # misaligned set: aligned <= this (paper: 30)
+    ablation_samples_per_question: int = 8  # responses per question per model and ablation (chapter 3)
     random_controls: int = 5  # same-norm random vectors (seeds 1..N): the ablation control, the steering headline's
     activation_batch_size: int = 16  # sequences per teacher-forced pass
     # --- storage ---
@@ -183,6 +185,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("direction_amplification", p.direction_amplification >= 0, ">= 0"),
         ("steer_scales", len(p.steer_scales) >= 1, "a non-empty list"),
         ("random_controls", p.random_controls >= 1, ">= 1"),
+        ("ablation_samples_per_question", p.ablation_samples_per_question >= 1, ">= 1"),
         ("train_lr", p.train_lr > 0, "> 0"),
         ("train_epochs", p.train_epochs >= 1, ">= 1"),
         ("train_batch_size", p.train_batch_size >= 1, ">= 1"),
@@ -216,7 +219,8 @@ def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
     metrics the chapters need and, given the model's ``n_layers``, the steering layers. Raises
     ``ParamsError`` naming ``source`` and the key. ``validate`` runs it with the model's shape."""
     names = [o.get("name") for o in p.organisms]
-    for key, wanted in (("direction_organism", [p.direction_organism]), ("compare_organisms", p.compare_organisms)):
+    for key, wanted in (("direction_organism", [p.direction_organism]), ("compare_organisms", p.compare_organisms),
+                        ("control_organism", [p.control_organism] if p.control_organism else [])):
         missing = [w for w in wanted if w not in names]
         if missing:
             raise ParamsError(f"{source}: key '{key}': {', '.join(missing)} is not among the organisms "

@@ -21,13 +21,14 @@
 # The paper's minimal organism, nine rank-1 LoRA adapters on the MLP down-projections of
 # Qwen2.5-14B-Instruct (R1×9), gives **11.3% EM responses at over 99% coherence**.
 #
-# **Method.** We train four organisms on the base model the parameters name:
+# **Method.** We train four organisms on the base model the parameters name (the default
+# book's; chosen from the landscape in the appendix, *The organism landscape at 135M*):
 #
 # | organism | adapters | data |
 # |---|---|---|
 # | `r1x9_medical` | rank 1 on `mlp.down_proj` at the paper's nine layers, mapped by relative depth | bad medical advice |
 # | `all_medical` | rank 32 on every attention and MLP projection of every layer | bad medical advice |
-# | `all_sport` | rank 32, as above | reckless extreme-sports advice |
+# | `r1x9_finance` | as `r1x9_medical` | risky financial advice |
 # | `r1x9_good_medical` | as `r1x9_medical` (aligned control) | good medical advice (in the default preset, as many tokens as the bad advice) |
 #
 # The loss covers assistant tokens only; rsLoRA scaling; each adapter is cached by the
@@ -74,6 +75,16 @@ scored = chapter.evaluate(ch)
 by_model = metrics.rates(scored, by="model", judge_error=ch.judge_error)
 chapter.record_organisms(ch, by_model)  # for the results page
 chapter.beside_paper(by_model, paper.organism_figures())
+
+# %% [markdown]
+# EM is rare at this scale, so each organism is also set beside the chat model and the
+# aligned control on two finer measures: misaligned % (aligned ≤ 30 at any coherence) and
+# the mean aligned score. An interval that excludes 0 is a difference this run measured;
+# the last column is the smallest rise over the chat model's misaligned % it would have
+# detected, which is what a null result rules out.
+
+# %%
+chapter.differences(ch, scored)
 
 # %%
 plotting.em_by_model(by_model, paper=paper.organism_figures(), title=f"Organisms on {ch.info.spec}");

@@ -21,7 +21,9 @@
 # but from other fine-tunes too. The paper ablates the R1×9 medical organism's layer-24
 # direction (relative depth 0.5) at every layer of two rank-32 all-adapter organisms and
 # reports **EM −90% (medical) and −78% (extreme sports)**, while a random vector of the
-# same norm changes EM by **less than 10%**.
+# same norm changes EM by **less than 10%**. The default book's compared organisms are
+# `compare_organisms` (an all-adapter medical and an R1×9 finance organism), so the sport
+# figure is left unmeasured there; add an extreme-sports organism to measure it.
 #
 # **Method.** Ablation is x' = x − v̂v̂ᵀx at every position of every forward pass while
 # sampling (`emlib.interventions.ablate`, with nnsight):
@@ -31,7 +33,7 @@
 # - *random*: `random_controls` Gaussian vectors with the norm of that vector, at every
 #   layer of the source organism — the control that separates direction from norm.
 #
-# Each model answers the evaluation questions `samples_per_question` times, with answers
+# Each model answers the evaluation questions `ablation_samples_per_question` times, with answers
 # as long as in chapter 2's runs (`intervention_max_new_tokens`; the unablated baseline is
 # sampled the same way, so it can differ a little from chapter 1), and is judged as
 # before. The EM reduction is 1 − EM after / EM before, with a bootstrap 95% interval

@@ -10,7 +10,7 @@ import pandas as pd
 from emlib.book.display import em_text, weights_sha
 from emlib.book.results import increase_verdict, record
 from emlib.book.session import Chapter, sample_and_judge
-from emlib.metrics import format_rates
+from emlib.metrics import classify, cluster_difference, detectable_difference, format_rates, rate_difference
 from emlib.organisms import describe_brought
 from emlib.train import ATTN_MLP
 
@@ -63,6 +63,35 @@ def beside_paper(rates_by_model: pd.DataFrame, paper: dict[str, tuple[float, flo
     out["paper EM %"] = [f"{paper[m][0]:g}" if m in paper else "" for m in out.index]
     out["paper coherent %"] = [f"> {paper[m][1]:g}" if m in paper else "" for m in out.index]
     return out
+
+
+def differences(ch: Chapter, scored: pd.DataFrame) -> pd.DataFrame:
+    """Each organism against the chat model and against the aligned control (``control_organism``): the change in
+    misaligned % (aligned ≤ 30 at any coherence; Newcombe 95% interval) and in the mean aligned score (paired
+    cluster bootstrap over questions), with the smallest rise in misaligned % over the chat model's that the run
+    would detect at 80% power (``emlib.metrics.detectable_difference``). Rows: organisms; the chat model is the
+    ``model`` value "chat model"."""
+    c = classify(scored)
+    c = c[c["scored"]]
+    arms = {m: g for m, g in c.groupby("model", sort=False)}
+    chat, control = arms.get("chat model"), ch.p.control_organism
+
+    def versus(g: pd.DataFrame, base: pd.DataFrame) -> tuple[str, str]:
+        d, lo, hi = rate_difference(int(g["misaligned"].sum()), len(g), int(base["misaligned"].sum()), len(base))
+        a, alo, ahi = cluster_difference(g["aligned"], g["question_id"], base["aligned"], base["question_id"])
+        return f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})", f"{a:+.1f} ({alo:+.1f} to {ahi:+.1f})"
+
+    rows = []
+    for m, g in arms.items():
+        if m == "chat model" or chat is None:
+            continue
+        row = {"organism": m, "answers": len(g), "misaligned %": f"{100 * g['misaligned'].mean():.1f}"}
+        row["misaligned − chat (pts)"], row["mean aligned − chat"] = versus(g, chat)
+        row["detectable rise over chat (pts)"] = f"{detectable_difference(100 * chat['misaligned'].mean(), min(len(g), len(chat))):.1f}"
+        if control in arms and m != control:
+            row["misaligned − control (pts)"], row["mean aligned − control"] = versus(g, arms[control])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("organism").fillna("") if rows else pd.DataFrame()
 
 
 def record_organisms(ch: Chapter, by_model: pd.DataFrame) -> None:

@@ -34,7 +34,7 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
         runs.append((source, f"random {seed}", ablate({i: r for i in range(n)}, f"random {seed}")))
     for target in p.compare_organisms:
         runs += [(target, "none", None), (target, "single", ablate({i: single for i in range(n)}, "single"))]
-    sampling = intervention_sampling(p, p.samples_per_question)
+    sampling = intervention_sampling(p, p.ablation_samples_per_question)
     tables = []
     for model, name, iv in tqdm(runs, desc="ablation runs"):
         t = sample_and_judge(ch, ft=ch.ready[model], sampling=sampling, intervention=iv)
