@@ -16,6 +16,13 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 
+
+def error_bars(rates: pd.DataFrame, metric: str) -> list[pd.Series]:
+    """Lower and upper error-bar lengths of ``metric`` (columns ``{metric}_pct``, ``_lo``, ``_hi``), never negative:
+    an interval's end can sit a rounding error inside its point (a rate of 0 or 100%), which matplotlib refuses."""
+    pct = rates[f"{metric}_pct"]
+    return [(pct - rates[f"{metric}_lo"]).clip(lower=0), (rates[f"{metric}_hi"] - pct).clip(lower=0)]
+
 def response_lengths(samples: pd.DataFrame, max_new_tokens: int, title: str = "Response length") -> Figure:
     """Per-question distribution of response length (tokens) with the ``max_new_tokens`` cap marked.
 
@@ -53,11 +60,11 @@ def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by questio
         for k, model in enumerate(models):
             sub = r[r["model"] == model].set_index("question_id").reindex(questions)
             y = [i + k * height - 0.4 + height / 2 for i in range(len(questions))]
-            err = [sub[f"{metric}_pct"] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[f"{metric}_pct"]]
+            err = error_bars(sub, metric)
             ax.barh(y, sub[f"{metric}_pct"], height=height, xerr=err, color=palette[k], label=model or None,
                     error_kw={"lw": 1, "capsize": 2})
             if metric == "em" and "em_corr_pct" in sub:
-                ax.errorbar(sub["em_corr_pct"], y, xerr=[sub["em_corr_pct"] - sub["em_corr_lo"], sub["em_corr_hi"] - sub["em_corr_pct"]],
+                ax.errorbar(sub["em_corr_pct"], y, xerr=error_bars(sub, "em_corr"),
                             fmt="d", color="black", ms=3, lw=0.7, capsize=1.5, label="judge-corrected" if k == 0 else None)
         ax.set(xlabel=label, xlim=(0, 100))
         ax.grid(axis="x", alpha=0.3)
@@ -97,7 +104,7 @@ def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | Non
     paper = paper or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(models) + 1.6), sharey=True)
     for ax, metric, label, k in ((axes[0], "em", "EM responses (%)", 0), (axes[1], "coherent", "coherent responses (%)", 1)):
-        err = [r[f"{metric}_pct"] - r[f"{metric}_lo"], r[f"{metric}_hi"] - r[f"{metric}_pct"]]
+        err = error_bars(r, metric)
         ax.barh(range(len(models)), r[f"{metric}_pct"], xerr=err, color="#4c72b0", error_kw={"lw": 1, "capsize": 3},
                 label="this run")
         marks = [(i, paper[m][k]) for i, m in enumerate(models) if m in paper]
@@ -181,7 +188,7 @@ def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against Î
                 sub = steered[(steered["layer"] == layer) & (steered["vector"] == vector)].sort_values("scale")
                 if sub.empty:
                     continue
-                err = [sub[f"{metric}_pct"] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[f"{metric}_pct"]]
+                err = error_bars(sub, metric)
                 ax.errorbar(sub["scale"], sub[f"{metric}_pct"], yerr=err, color=palette[layer], capsize=2, lw=1.3,
                             label=f"layer {layer}" + (" (random)" if vector == "random" else ""), **style)
         if not base.empty:

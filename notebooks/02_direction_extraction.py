@@ -146,7 +146,7 @@ metrics.format_rates(steer_rates)
 # %%
 headline = config.headline_cell(p, source.n_layers)
 display.note(f"Headline cell: layer {headline[0]}, λ = {headline[1]:g} (fixed in the params).")
-chapter.cell_effects(sweep, *headline)
+chapter.cell_effects(sweep, *headline, judge_error=ch.judge_error)
 
 # %%
 plotting.steering_heatmap(steer_rates, title=f"EM % when steering {ch.info.spec}");

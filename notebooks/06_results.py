@@ -27,8 +27,13 @@
 # still differ from the paper's. *Not reproduced*: the interval includes no effect, and the
 # verdict says how large an effect the run would have detected. *Not testable*: the run had
 # nothing to measure it on (no EM answers to remove, no rank-1 adapters, a set empty).
-# Where a figure is the best cell of a sweep, the verdict says so: such picks are not
-# corrected for the search.
+# **How each headline was chosen.** The steering headline is one (layer, λ) cell fixed in
+# the params before the run (`headline_layer`, `headline_scale`), compared with the
+# unsteered model and with `random_controls` same-norm random vectors at that cell; the
+# sweep's best cell is quoted beside it and named as a best-of-sweep pick, not corrected
+# for the search. The organism figure is the direction organism, named in the params; the
+# "most EM" organism is a best-of-organisms pick, and says so. Cosines count the layers
+# above the paper's threshold and above the random-subset null, over every layer.
 #
 # The embedded default (SmolLM2-135M-Instruct, about 100× smaller than the paper's
 # Qwen2.5-14B-Instruct, trained on about 350 conversations instead of about 6,000, judged

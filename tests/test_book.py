@@ -240,3 +240,6 @@ def test_headline_cell_effects_against_unsteered_and_pooled_random_vectors():
     assert t.loc["mean aligned", "unsteered (n = 80)"] == "90.0"
     assert t.loc["EM %", "steered − unsteered (95% CI)"].startswith("+20.0 (")
     assert t.loc["mean aligned", "steered − random (95% CI)"].startswith("-20.0 (")  # 66 − 86
+    corrected = cell_effects(pd.DataFrame(rows), 15, 2.0, judge_error=JudgeError(tp=9, fn=1, tn=95, fp=5))
+    assert list(corrected.index) == ["EM %", "EM % judge-corrected", "misaligned %", "mean aligned"]
+    assert corrected.loc["EM % judge-corrected", "steered (n = 80)"].endswith(")")

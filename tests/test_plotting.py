@@ -56,3 +56,11 @@ def test_by_layer_shades_a_null_band_in_its_series_colour():
 
     ax = by_layer({"a vs b": [0.5, 0.6, 0.7]}, ylabel="cos", title="t", bands={"a vs b": ([0.0, 0.1, 0.0], [0.2, 0.3, 0.2])}).axes[0]
     assert len(ax.collections) == 1 and "random-subset null" in " ".join(t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_error_bars_are_never_negative_at_rates_of_0_and_100():
+    from emlib.plotting import error_bars
+
+    r = pd.DataFrame({"em_pct": [0.0, 100.0, 40.0], "em_lo": [1e-15, 67.5, 30.0], "em_hi": [32.4, 100.0 - 1e-13, 52.0]})
+    lo, hi = error_bars(r, "em")
+    assert (lo >= 0).all() and (hi >= 0).all() and lo.iloc[2] == 10.0 and hi.iloc[2] == 12.0

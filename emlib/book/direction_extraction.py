@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from emlib import directions
-from emlib.book.display import em_text
+from emlib.book.display import em_text, pct_ci
 from emlib.book.results import increase_verdict, record
 from emlib.book.session import (Chapter, answer_means, answer_sums, describe, intervention_sampling, model_provenance,
                                 sample_and_judge)
@@ -23,7 +23,7 @@ from emlib.config import headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
 from emlib.interventions import steer
-from emlib.metrics import classify, cluster_difference, rates
+from emlib.metrics import JudgeError, classify, cluster_difference, corrected_rate, rates
 from emlib.paper import value
 
 MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table flags the direction as noisy
@@ -136,31 +136,36 @@ def steering_sweep(ch: Chapter, direction: Directions) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def cell_effects(sweep: pd.DataFrame, layer: int, scale: float) -> pd.DataFrame:
+def cell_effects(sweep: pd.DataFrame, layer: int, scale: float, judge_error: JudgeError | None = None) -> pd.DataFrame:
     """The mean-diff vector's effect at one (layer, λ) cell of ``steering_sweep``: EM %, misaligned % (aligned ≤ 30
     at any coherence) and the mean aligned score, as differences from the unsteered model and from the random
     vectors at the same cell (pooled), each with a 95% paired cluster-bootstrap interval over questions
-    (``emlib.metrics.cluster_difference``). Rows: measure; columns: steered, unsteered, random (n vectors), and
-    the two differences. Chapter 2's headline."""
+    (``emlib.metrics.cluster_difference``). Rows: measure (with the judge-corrected EM % of each arm given the
+    judge's measured ``judge_error``); columns: steered, unsteered, random (n vectors), and the two differences.
+    Chapter 2's headline."""
     c = classify(sweep)
     c = c[c["scored"]]
     arms = {"steered": c[(c["vector"] == "mean-diff") & (c["layer"] == layer) & (c["scale"] == scale)],
             "unsteered": c[c["vector"] == "none"],
             "random": c[(c["vector"] == "random") & (c["layer"] == layer) & (c["scale"] == scale)]}
     n_random = arms["random"]["control"].nunique()
+    names = {"steered": f"steered (n = {len(arms['steered'])})", "unsteered": f"unsteered (n = {len(arms['unsteered'])})",
+             "random": f"random, {n_random} vectors (n = {len(arms['random'])})"}
     rows = []
     for measure, col, unit in (("EM %", "em", 100), ("misaligned %", "misaligned", 100), ("mean aligned", "aligned", 1)):
-        row = {"measure": measure}
-        for arm, t in arms.items():
-            row[f"{arm} (n = {len(t)})" if arm != "random" else f"random, {n_random} vectors (n = {len(t)})"] = \
-                f"{unit * t[col].astype(float).mean():.1f}" if len(t) else "not run"
+        row = {"measure": measure, **{names[arm]: f"{unit * t[col].astype(float).mean():.1f}" if len(t) else "not run"
+                                      for arm, t in arms.items()}}
         for base in ("unsteered", "random"):
             if len(arms[base]) and len(arms["steered"]):
                 d, lo, hi = cluster_difference(arms["steered"][col].astype(float), arms["steered"]["question_id"],
                                                arms[base][col].astype(float), arms[base]["question_id"], seed=0)
                 row[f"steered − {base} (95% CI)"] = f"{unit * d:+.1f} ({unit * lo:+.1f} to {unit * hi:+.1f})"
         rows.append(row)
-    return pd.DataFrame(rows).set_index("measure")
+        if col == "em" and judge_error is not None:
+            rows.append({"measure": "EM % judge-corrected", **{
+                names[arm]: pct_ci(*corrected_rate(int(t["em"].sum()), len(t), judge_error)) if len(t) else "not run"
+                for arm, t in arms.items()}})
+    return pd.DataFrame(rows).set_index("measure").fillna("")
 
 
 def record_directions(ch: Chapter, cosines: dict[str, list[float]], sweep: pd.DataFrame,
@@ -184,15 +189,15 @@ def record_directions(ch: Chapter, cosines: dict[str, list[float]], sweep: pd.Da
     best = steered.loc[steered["em_pct"].idxmax()]
     best_random = r[(r["vector"] == "random") & (r["layer"] == best.layer) & (r["scale"] == best.scale)]
     text = (f"headline cell (layer {layer}, λ {scale:g}, fixed in the params): {em_text(head)}; "
-            f"steered − unsteered: EM {effects.iloc[0]['steered − unsteered (95% CI)']} pts, mean aligned "
-            f"{effects.iloc[2]['steered − unsteered (95% CI)']}; steered − random: EM "
-            f"{effects.iloc[0]['steered − random (95% CI)']} pts, mean aligned {effects.iloc[2]['steered − random (95% CI)']}"
+            f"steered − unsteered: EM {effects.loc['EM %', 'steered − unsteered (95% CI)']} pts, mean aligned "
+            f"{effects.loc['mean aligned', 'steered − unsteered (95% CI)']}; steered − random: EM "
+            f"{effects.loc['EM %', 'steered − random (95% CI)']} pts, mean aligned {effects.loc['mean aligned', 'steered − random (95% CI)']}"
             f"; best of {len(steered)} cells (a best-of-sweep pick): {em_text(best)} at layer {best.layer}, "
             f"λ {best.scale:g}" + (f", its random vector there {em_text(best_random.iloc[0])}" if len(best_random) else ""))
     verdict = increase_verdict("EM", round(head.em_pct * head.n / 100), int(head.n), round(none.em_pct * none.n / 100),
                                int(none.n), "unsteered chat model", ch.judge_error,
                                f"the headline cell was fixed in the params before the run; mean aligned steered − "
-                               f"random: {effects.iloc[2]['steered − random (95% CI)']}")
+                               f"random: {effects.loc['mean aligned', 'steered − random (95% CI)']}")
     record(ch.p, ch.params_file, "steering_em", text, (head.em_pct, head.em_lo, head.em_hi), verdict)
 
 
