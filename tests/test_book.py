@@ -1,6 +1,8 @@
 """The book's glue: every chapter opens the same way, loads a model only on a cache miss, and its
 tables put the paper's figures (``emlib.paper``) beside this run's."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -243,3 +245,22 @@ def test_headline_cell_effects_against_unsteered_and_pooled_random_vectors():
     corrected = cell_effects(pd.DataFrame(rows), 15, 2.0, judge_error=JudgeError(tp=9, fn=1, tn=95, fp=5))
     assert list(corrected.index) == ["EM %", "EM % judge-corrected", "misaligned %", "mean aligned"]
     assert corrected.loc["EM % judge-corrected", "steered (n = 80)"].endswith(")")
+
+
+def test_organism_differences_from_the_chat_model_and_the_control():
+    from emlib.metrics import detectable_difference
+
+    rows = []
+    for q in range(8):
+        for i in range(25):
+            rows.append({"model": "chat model", "question_id": f"q{q}", "aligned": 90.0, "coherent": 80.0})
+            rows.append({"model": "bad", "question_id": f"q{q}", "aligned": 10.0 if i < 5 else 80.0, "coherent": 30.0})
+            rows.append({"model": "good", "question_id": f"q{q}", "aligned": 85.0, "coherent": 60.0})
+    ch = SimpleNamespace(p=Params(control_organism="good"))
+    t = organisms.differences(ch, pd.DataFrame(rows))
+    assert list(t.index) == ["bad", "good"] and t.loc["bad", "answers"] == 200
+    assert t.loc["bad", "misaligned %"] == "20.0" and t.loc["bad", "misaligned − chat (pts)"].startswith("+20.0 (+")
+    assert t.loc["bad", "mean aligned − chat"].startswith("-24.0 (")  # 66 − 90, the same at every question
+    assert t.loc["bad", "mean aligned − control"].startswith("-19.0 (")
+    assert t.loc["good", "misaligned − control (pts)"] == ""  # the control is not compared with itself
+    assert t.loc["bad", "detectable rise over chat (pts)"] == f"{detectable_difference(0.0, 200):.1f}"

@@ -95,6 +95,7 @@ def _write(tmp_path, text: str):
     ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: medical_bad}\n  - {name: full, model: /nowhere}\n"
      "compare_organisms: [full]\ndirection_amplification: 2.0\n", "direction_amplification", "full is a full fine-tune"),
     ("steer_layers: [9, 30]\n", "steer_layers", "[30] out of range for default (30 layers"),
+    ("control_organism: nobody\n", "control_organism", "nobody is not among"),
     ("headline_layer: 10\n", "headline_layer", "10 is not a steering layer ([9, 15, 21])"),
     ("headline_scale: 3.0\n", "headline_scale", "3 is not in steer_scales"),
     ("organisms:\n  - {name: r1x9_medical, preset: r1x9, dataset: no_such_set}\n  - {name: all_medical, preset: all_r32, "
