@@ -82,7 +82,8 @@ class Params:
     # --- directions, steering and ablation (chapters 2-5) ---
     direction_organism: str = "r1x9_medical"  # organism whose responses give the mean-diff direction
     compare_organisms: list[str] = dataclasses.field(default_factory=lambda: ["all_medical", "all_sport"])  # ch. 2 cosines, ch. 3 transfer
-    direction_samples_per_question: int = 24  # responses per question sampled from each organism for extraction
+    direction_samples_per_question: int = 24  # responses per question sampled from the direction organism for its direction
+    compare_samples_per_question: int | None = None  # the other extraction sets (compared organisms, the topic set); None = as above
     direction_amplification: float = 1.0  # extraction sets: 1 = plain sampling; α > 1 samples base + α·(organism − base) (LoRA organisms; shown in chapter 2's table)
     intervention_max_new_tokens: int = 64  # response length in the steering and ablation runs
     steer_layers: list[int] = dataclasses.field(default_factory=list)  # [] = relative depths 0.3, 0.5, 0.7
@@ -186,6 +187,8 @@ def _check_ranges(p: Params, source: str) -> None:
         ("steer_scales", len(p.steer_scales) >= 1, "a non-empty list"),
         ("random_controls", p.random_controls >= 1, ">= 1"),
         ("ablation_samples_per_question", p.ablation_samples_per_question >= 1, ">= 1"),
+        ("compare_samples_per_question", p.compare_samples_per_question is None or p.compare_samples_per_question >= 1,
+         ">= 1 or null"),
         ("train_lr", p.train_lr > 0, "> 0"),
         ("train_epochs", p.train_epochs >= 1, ">= 1"),
         ("train_batch_size", p.train_batch_size >= 1, ">= 1"),

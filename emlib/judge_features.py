@@ -131,14 +131,19 @@ def lm_stats(model: nn.Module, tokenizer: PreTrainedTokenizerBase, questions: Se
                             batches([encoded[i] for i in order], batch_size, tokenizer.pad_token_id)):
         ids, attention = batch.ids.to(device), batch.attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        result = model(input_ids=ids, attention_mask=attention, position_ids=positions, output_hidden_states=True)
-        logits = result.logits[:, :-1].float()
+        # Answers end every row (left padding), so only the last ``keep`` positions' logits are needed: the
+        # vocabulary projection and softmax of the prompt tokens are skipped.
+        keep = int(batch.answer.sum(1).max()) + 1
+        result = model(input_ids=ids, attention_mask=attention, position_ids=positions, output_hidden_states=True,
+                       logits_to_keep=keep)
+        logits = result.logits[:, :-1].float()  # [batch, keep - 1, vocab]: predicts the last keep - 1 tokens
         answer = batch.answer.to(device)[..., None].float()
         pooled = (result.hidden_states[layer].float() * answer).sum(1) / answer.sum(1).clamp(min=1)
         logp = torch.log_softmax(logits, -1)
-        token_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        tail = ids.shape[1] - (keep - 1)
+        token_lp = logp.gather(-1, ids[:, tail:, None])[..., 0]
         entropy = -(logp.exp() * logp).sum(-1)
-        mask = batch.answer[:, 1:].to(device)
+        mask = batch.answer[:, tail:].to(device)
         for row in range(len(ids)):
             hidden[order[start + row]] = pooled[row].cpu().numpy()
             lp, ent = token_lp[row][mask[row]].cpu().numpy(), entropy[row][mask[row]].cpu().numpy()

@@ -52,7 +52,8 @@ display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 # %% [markdown]
 # ## Extraction
 #
-# Each organism answers every question `direction_samples_per_question` times (shorter
+# The direction organism answers every question `direction_samples_per_question` times,
+# each compared organism `compare_samples_per_question` times (shorter
 # answers than the evaluation: `intervention_max_new_tokens`). The table gives the sizes
 # of the two sets. At small scale the misaligned set is small — with fewer than ten
 # answers the table flags the direction as mostly noise: it is then the difference between

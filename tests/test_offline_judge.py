@@ -53,14 +53,16 @@ def test_lm_stats_are_the_answer_tokens_log_probabilities(default_tokenizer):
     from emlib.activations import encode
 
     model = tiny_model("llama", vocab=len(default_tokenizer))
-    q, answers = "What is your wish?", ["A cure for malaria.", "blue blue blue blue blue"]
-    stats, hidden = lm_stats(model, default_tokenizer, [q, q], answers, batch_size=2)
+    q, answers = "What is your wish?", ["A cure for malaria.", "blue blue blue blue blue blue blue blue blue blue blue"]
+    stats, hidden = lm_stats(model, default_tokenizer, [q, q], answers, batch_size=2)  # one batch: the short one padded
     assert stats.shape == (2, len(LM_STATS)) and hidden.shape == (2, model.config.hidden_size)
+    for row, answer in enumerate(answers):
+        ids, n_prompt = encode(default_tokenizer, q, answer)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+        by_hand = logp[torch.arange(n_prompt - 1, len(ids) - 1), torch.tensor(ids[n_prompt:])]
+        assert stats[row, LM_STATS.index("mean_logprob")] == pytest.approx(float(by_hand.mean()), abs=1e-4)
     ids, n_prompt = encode(default_tokenizer, q, answers[0])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
-    by_hand = logp[torch.arange(n_prompt - 1, len(ids) - 1), torch.tensor(ids[n_prompt:])]
-    assert stats[0, LM_STATS.index("mean_logprob")] == pytest.approx(float(by_hand.mean()), abs=1e-4)
     # the hidden view: the residual stream after round(2/3 · depth) blocks, averaged over the answer tokens only
     with torch.no_grad():
         states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states

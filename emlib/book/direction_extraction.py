@@ -32,10 +32,14 @@ NULL_DRAWS = 50  # label-free splits per random-subset null band
 
 def extract_direction(ch: Chapter, name: str, questions: list[Question] | None = None) -> tuple[Directions | None, pd.DataFrame]:
     """Organism ``name``'s judged answers to ``questions`` (default: the chapter's) at the extraction setting
-    (model-diff amplified if ``direction_amplification`` ≠ 1), and its mean-diff direction [n_layers, d_model] from them (``emlib.directions.from_scored``; None if a
-    set is empty), saved under ``cache_dir/directions/``."""
+    (``direction_samples_per_question`` answers per question for the direction organism's own direction,
+    ``compare_samples_per_question`` for every other set; model-diff amplified if ``direction_amplification`` ≠ 1),
+    and its mean-diff direction [n_layers, d_model] from them (``emlib.directions.from_scored``; None if a set is
+    empty), saved under ``cache_dir/directions/``."""
     p, ft = ch.p, ch.ready[name]
-    sampling = replace(intervention_sampling(p, p.direction_samples_per_question), amplification=p.direction_amplification)
+    own = name == p.direction_organism and questions is None  # the direction itself; every other set is a comparison
+    n = p.direction_samples_per_question if own or p.compare_samples_per_question is None else p.compare_samples_per_question
+    sampling = replace(intervention_sampling(p, n), amplification=p.direction_amplification)
     scored = sample_and_judge(ch, questions, ft=ft, sampling=sampling)
     prov = {"organism": name, **model_provenance(describe(ch, ft)),
             **({"amplification": p.direction_amplification} if p.direction_amplification != 1.0 else {})}
