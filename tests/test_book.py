@@ -241,7 +241,7 @@ def test_headline_cell_effects_against_unsteered_and_pooled_random_vectors():
     assert t.loc["EM %", "random, 2 vectors (n = 160)"] == "5.0"
     assert t.loc["mean aligned", "unsteered (n = 80)"] == "90.0"
     assert t.loc["EM %", "steered − unsteered (95% CI)"].startswith("+20.0 (")
-    assert t.loc["mean aligned", "steered − random (95% CI)"].startswith("-20.0 (")  # 66 − 86
+    assert t.loc["mean aligned", "steered − random, 2 vectors (95% CI)"].startswith("-20.0 (")  # 66 − 86
     corrected = cell_effects(pd.DataFrame(rows), 15, 2.0, judge_error=JudgeError(tp=9, fn=1, tn=95, fp=5))
     assert list(corrected.index) == ["EM %", "EM % judge-corrected", "misaligned %", "mean aligned"]
     assert corrected.loc["EM % judge-corrected", "steered (n = 80)"].endswith(")")
@@ -264,3 +264,22 @@ def test_organism_differences_from_the_chat_model_and_the_control():
     assert t.loc["bad", "mean aligned − control"].startswith("-19.0 (")
     assert t.loc["good", "misaligned − control (pts)"] == ""  # the control is not compared with itself
     assert t.loc["bad", "detectable rise over chat (pts)"] == f"{detectable_difference(0.0, 200):.1f}"
+
+
+def test_ablation_effects_against_unablated_and_pooled_random_ablations():
+    rows = []
+    for q in range(4):
+        for i in range(10):
+            for model, ablation, aligned in (("src", "none", 60.0), ("src", "single", 80.0), ("src", "random 1", 60.0),
+                                             ("src", "random 2", 62.0), ("other", "none", 50.0), ("other", "single", 70.0)):
+                rows.append({"model": model, "ablation": ablation, "question_id": f"q{q}", "aligned": aligned,
+                             "coherent": 90.0})
+    t = transfer_ablation.ablation_effects(pd.DataFrame(rows))
+    assert set(t.index.get_level_values("run")) == {"src · single (n = 40 / 40 / 80)", "other · single (n = 40 / 40)"}
+    src = t.loc["src · single (n = 40 / 40 / 80)"]
+    assert src.loc["mean aligned", "ablated − none (95% CI)"].startswith("+20.0 (")
+    assert src.loc["mean aligned", "ablated − random, 2 vectors (95% CI)"].startswith("+19.0 (")
+    other = t.loc["other · single (n = 40 / 40)"]
+    assert other.loc["mean aligned", "ablated − none (95% CI)"].startswith("+20.0 (")
+    assert other.loc["mean aligned", "ablated − random, 2 vectors (95% CI)"] == ""  # no random controls there
+    assert src.loc["mean aligned", "ablated"] == "80.0" and src.loc["mean aligned", "random, 2 vectors"] == "61.0"

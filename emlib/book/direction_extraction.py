@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from emlib import directions
-from emlib.book.display import em_text, pct_ci
+from emlib.book.display import em_text
 from emlib.book.results import increase_verdict, record
 from emlib.book.session import (Chapter, answer_means, answer_sums, describe, intervention_sampling, model_provenance,
                                 sample_and_judge)
@@ -23,7 +23,7 @@ from emlib.config import headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
 from emlib.interventions import steer
-from emlib.metrics import JudgeError, classify, cluster_difference, corrected_rate, rates
+from emlib.metrics import JudgeError, classify, effects, rates
 from emlib.paper import value
 
 MIN_RELIABLE_SET = 10  # fewer misaligned answers than this: the direction table flags the direction as noisy
@@ -141,35 +141,16 @@ def steering_sweep(ch: Chapter, direction: Directions) -> pd.DataFrame:
 
 
 def cell_effects(sweep: pd.DataFrame, layer: int, scale: float, judge_error: JudgeError | None = None) -> pd.DataFrame:
-    """The mean-diff vector's effect at one (layer, λ) cell of ``steering_sweep``: EM %, misaligned % (aligned ≤ 30
-    at any coherence) and the mean aligned score, as differences from the unsteered model and from the random
-    vectors at the same cell (pooled), each with a 95% paired cluster-bootstrap interval over questions
-    (``emlib.metrics.cluster_difference``). Rows: measure (with the judge-corrected EM % of each arm given the
-    judge's measured ``judge_error``); columns: steered, unsteered, random (n vectors), and the two differences.
-    Chapter 2's headline."""
+    """The mean-diff vector's effect at one (layer, λ) cell of ``steering_sweep`` (``emlib.metrics.effects``):
+    steered against the unsteered model and against the random vectors at the same cell, pooled (their count in
+    the column name). Chapter 2's headline."""
     c = classify(sweep)
     c = c[c["scored"]]
-    arms = {"steered": c[(c["vector"] == "mean-diff") & (c["layer"] == layer) & (c["scale"] == scale)],
-            "unsteered": c[c["vector"] == "none"],
-            "random": c[(c["vector"] == "random") & (c["layer"] == layer) & (c["scale"] == scale)]}
-    n_random = arms["random"]["control"].nunique()
-    names = {"steered": f"steered (n = {len(arms['steered'])})", "unsteered": f"unsteered (n = {len(arms['unsteered'])})",
-             "random": f"random, {n_random} vectors (n = {len(arms['random'])})"}
-    rows = []
-    for measure, col, unit in (("EM %", "em", 100), ("misaligned %", "misaligned", 100), ("mean aligned", "aligned", 1)):
-        row = {"measure": measure, **{names[arm]: f"{unit * t[col].astype(float).mean():.1f}" if len(t) else "not run"
-                                      for arm, t in arms.items()}}
-        for base in ("unsteered", "random"):
-            if len(arms[base]) and len(arms["steered"]):
-                d, lo, hi = cluster_difference(arms["steered"][col].astype(float), arms["steered"]["question_id"],
-                                               arms[base][col].astype(float), arms[base]["question_id"], seed=0)
-                row[f"steered − {base} (95% CI)"] = f"{unit * d:+.1f} ({unit * lo:+.1f} to {unit * hi:+.1f})"
-        rows.append(row)
-        if col == "em" and judge_error is not None:
-            rows.append({"measure": "EM % judge-corrected", **{
-                names[arm]: pct_ci(*corrected_rate(int(t["em"].sum()), len(t), judge_error)) if len(t) else "not run"
-                for arm, t in arms.items()}})
-    return pd.DataFrame(rows).set_index("measure").fillna("")
+    at_cell = (c["layer"] == layer) & (c["scale"] == scale)
+    random = c[(c["vector"] == "random") & at_cell]
+    arms = {"steered": c[(c["vector"] == "mean-diff") & at_cell], "unsteered": c[c["vector"] == "none"],
+            f"random, {random['control'].nunique()} vectors": random}
+    return effects(arms, "steered", list(arms)[1:], judge_error)
 
 
 def record_directions(ch: Chapter, cosines: dict[str, list[float]], sweep: pd.DataFrame,
@@ -188,20 +169,21 @@ def record_directions(ch: Chapter, cosines: dict[str, list[float]], sweep: pd.Da
     layer, scale = headline_cell(ch.p, n_layers)
     head = r[(r["vector"] == "mean-diff") & (r["layer"] == layer) & (r["scale"] == scale)].iloc[0]
     none = r[r["vector"] == "none"].iloc[0]
-    effects = cell_effects(sweep, layer, scale)
+    table = cell_effects(sweep, layer, scale)
+    vs_none = table["steered − unsteered (95% CI)"]
+    vs_random = table[next(c for c in table.columns if c.startswith("steered − random"))]
     steered = r[r["vector"] == "mean-diff"]
     best = steered.loc[steered["em_pct"].idxmax()]
     best_random = r[(r["vector"] == "random") & (r["layer"] == best.layer) & (r["scale"] == best.scale)]
-    text = (f"headline cell (layer {layer}, λ {scale:g}, fixed in the params): {em_text(head)}; "
-            f"steered − unsteered: EM {effects.loc['EM %', 'steered − unsteered (95% CI)']} pts, mean aligned "
-            f"{effects.loc['mean aligned', 'steered − unsteered (95% CI)']}; steered − random: EM "
-            f"{effects.loc['EM %', 'steered − random (95% CI)']} pts, mean aligned {effects.loc['mean aligned', 'steered − random (95% CI)']}"
+    text = (f"headline cell (layer {layer}, λ {scale:g}, fixed in the params): {em_text(head)}; steered − unsteered: "
+            f"EM {vs_none['EM %']} pts, mean aligned {vs_none['mean aligned']}; steered − random "
+            f"({ch.p.random_controls} vectors): EM {vs_random['EM %']} pts, mean aligned {vs_random['mean aligned']}"
             f"; best of {len(steered)} cells (a best-of-sweep pick): {em_text(best)} at layer {best.layer}, "
             f"λ {best.scale:g}" + (f", its random vector there {em_text(best_random.iloc[0])}" if len(best_random) else ""))
     verdict = increase_verdict("EM", round(head.em_pct * head.n / 100), int(head.n), round(none.em_pct * none.n / 100),
                                int(none.n), "unsteered chat model", ch.judge_error,
-                               f"the headline cell was fixed in the params before the run; mean aligned steered − "
-                               f"random: {effects.loc['mean aligned', 'steered − random (95% CI)']}")
+                               "the headline cell was fixed in the params before the run; mean aligned steered − "
+                               f"random: {vs_random['mean aligned']}")
     record(ch.p, ch.params_file, "steering_em", text, (head.em_pct, head.em_lo, head.em_hi), verdict)
 
 

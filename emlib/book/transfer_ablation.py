@@ -3,6 +3,8 @@ reduction table beside the paper, and the results page's figures."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -10,7 +12,7 @@ from emlib.book.results import record
 from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
 from emlib.directions import Directions, random_like
 from emlib.interventions import Intervention, ablate
-from emlib.metrics import MIN_EM_BEFORE, classify, reduction, reduction_table
+from emlib.metrics import MIN_EM_BEFORE, JudgeError, classify, effects, reduction, reduction_table
 from emlib.models import single_direction_layer
 from emlib.paper import TRANSFER_CLAIMS, value
 
@@ -40,6 +42,26 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
         t = sample_and_judge(ch, ft=ch.ready[model], sampling=sampling, intervention=iv)
         tables.append(t.assign(ablation=name))
     return pd.concat(tables, ignore_index=True)
+
+
+def ablation_effects(scored: pd.DataFrame, judge_error: JudgeError | None = None) -> pd.DataFrame:
+    """Each ablation's effect on EM %, misaligned % and the mean aligned score (``emlib.metrics.effects``): the
+    ablated model against the same model unablated and, where the model has random controls (the source), against
+    its random ablations pooled; paired cluster-bootstrap intervals over questions. Indexed by (run with the arms'
+    answer counts, measure); a model without random controls leaves those columns empty."""
+    c = classify(scored)
+    c = c[c["scored"]]
+    tables = {}
+    for model, g in c.groupby("model", sort=False):
+        random = g[g["ablation"].str.startswith("random")]
+        for ablation in [a for a in g["ablation"].unique() if a != "none" and not a.startswith("random")]:
+            arms = {ablation: g[g["ablation"] == ablation], "none": g[g["ablation"] == "none"]}
+            if len(random):
+                arms[f"random, {random['ablation'].nunique()} vectors"] = random
+            t = effects(arms, ablation, list(arms)[1:], judge_error)
+            t.columns = [re.sub(r" \(n = \d+\)$", "", col.replace(ablation, "ablated", 1)) for col in t.columns]
+            tables[f"{model} · {ablation} (n = {' / '.join(str(len(a)) for a in arms.values())})"] = t
+    return pd.concat(tables, names=["run"]).fillna("") if tables else pd.DataFrame()
 
 
 def _paper_reduction(ch: Chapter, model: str, ablation: str) -> float | None:
