@@ -15,9 +15,8 @@ paper's code:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -245,7 +244,7 @@ def cluster_difference(values: np.ndarray, clusters: np.ndarray, base: np.ndarra
     """mean(``values``) − mean(``base``) (rates as 0/1, or scores) with a 95% percentile interval from a paired
     cluster bootstrap: the same resampled questions (``clusters``; answers to one question are not independent)
     are drawn for both arms, so the spread between questions, which the two arms share, cancels. Returns
-    (difference, lo, hi). Chapter 2's steering headline (steered vs unsteered, steered vs random vectors)."""
+    (difference, lo, hi). ``effects`` (chapters 2 and 3) and chapter 1's organism differences."""
     values, base = np.asarray(values, dtype=float), np.asarray(base, dtype=float)
     clusters, base_clusters = np.asarray(clusters), np.asarray(base_clusters)
     ids = np.intersect1d(np.unique(clusters), np.unique(base_clusters))
