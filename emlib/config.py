@@ -98,6 +98,8 @@ class Params:
     set_misaligned_max: float = 30.0  # misaligned set: aligned <= this (paper: 30)
     ablation_samples_per_question: int = 8  # responses per question per model and ablation (chapter 3)
     random_controls: int = 5  # same-norm random vectors (seeds 1..N): the ablation control, the steering headline's
+    geometry_answers: int | None = None  # chapter 4's induced-change comparison: a seeded sample of this many of the
+    # direction organism's extraction answers (None = all of them)
     activation_batch_size: int = 16  # sequences per teacher-forced pass
     # --- storage ---
     cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
@@ -187,6 +189,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("steer_scales", len(p.steer_scales) >= 1, "a non-empty list"),
         ("random_controls", p.random_controls >= 1, ">= 1"),
         ("ablation_samples_per_question", p.ablation_samples_per_question >= 1, ">= 1"),
+        ("geometry_answers", p.geometry_answers is None or p.geometry_answers >= 1, ">= 1 or null"),
         ("compare_samples_per_question", p.compare_samples_per_question is None or p.compare_samples_per_question >= 1,
          ">= 1 or null"),
         ("train_lr", p.train_lr > 0, "> 0"),

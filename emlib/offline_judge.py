@@ -46,7 +46,8 @@ OFFLINE_VERSION = 3
 CUTS: dict[str, tuple[float, ...]] = {"aligned": (30.0, 70.0), "coherent": (50.0,), "bad_stuff": (30.0, 50.0)}
 FOLDS = 5
 # The training set's features, computed once and shipped (float16), so a fresh machine fits the judge in seconds
-# instead of a teacher-forced pass over ~2,000 answers; used only while they match the data (a content key).
+# instead of a teacher-forced pass over ~2,000 answers; used only while they match the data (a content key). The
+# embedding view is shipped as its parts (each answer's embedding, each distinct question's once) to keep it small.
 SHIPPED_FEATURES = "real_answers/features.safetensors"
 # What the judge sees (``emlib.judge_features``). "lm" (the chat model's log-likelihoods) and "hidden" (its residual
 # stream) come from one teacher-forced pass over every judged answer and buy most of the judge's grip on coherence
@@ -172,12 +173,9 @@ class OfflineJudge:
         if shipped.is_file():
             with safe_open(str(shipped), framework="np") as f:
                 if (f.metadata() or {}).get("key") == key:  # the training set's features, shipped (see ``ship``)
-                    return {k: f.get_tensor(k).astype(np.float64) for k in f.keys()}
-        unique = sorted(set(questions) | set(answers), key=len)
-        emb = self._embedder.encode(unique)
-        where = {t: i for i, t in enumerate(unique)}
-        out = {"embedding": embedding_features(emb[[where[q] for q in questions]], emb[[where[a] for a in answers]]),
-               "text": text_stats(answers, self._embedder)}
+                    return unpack({k: f.get_tensor(k) for k in f.keys()})
+        question_emb, answer_emb = self.embeddings(questions, answers)
+        out = {"embedding": embedding_features(question_emb, answer_emb), "text": text_stats(answers, self._embedder)}
         if {"lm", "hidden"} & set(self.views):  # slow on a CPU: a teacher-forced pass of the chat model
             model, tok = self._chat_model
             stats, hidden = lm_stats(model, tok, questions, answers)
@@ -186,6 +184,13 @@ class OfflineJudge:
         with atomic_path(path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(tmp))
         return out
+
+    def embeddings(self, questions: Sequence[str], answers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Sentence embeddings of each question and each answer: ([n, 384], [n, 384]); each distinct text once."""
+        unique = sorted(set(questions) | set(answers), key=len)
+        emb = self._embedder.encode(unique)
+        where = {t: i for i, t in enumerate(unique)}
+        return emb[[where[q] for q in questions]], emb[[where[a] for a in answers]]
 
     def design_matrix(self, f: dict[str, np.ndarray], pca: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         """The regressors' input: each view of ``f`` in ``self.views`` order, the dense ones (``COMPONENTS``) projected
@@ -277,8 +282,32 @@ def ship(cache_dir: str | Path = ".cache/emlib") -> Path:
     f = judge.features(questions, responses)
     out = package_file(SHIPPED_FEATURES)
     with atomic_path(out) as tmp:
-        save_file({k: np.ascontiguousarray(v.astype(np.float16)) for k, v in f.items()}, str(tmp),
+        save_file(pack(f, *judge.embeddings(questions, responses), questions), str(tmp),
                   metadata={"key": content_key([OFFLINE_VERSION, judge.views, questions, responses])})
+    return out
+
+
+def pack(f: dict[str, np.ndarray], question_emb: np.ndarray, answer_emb: np.ndarray, questions: Sequence[str]
+         ) -> dict[str, np.ndarray]:
+    """The shipped form of views ``f`` (float16): the embedding view as its parts, each answer's embedding
+    [n, 384] and each distinct question's once [n_questions, 384] with "question_index" [n]. ``unpack`` inverts it."""
+    first: dict[str, int] = {}  # each distinct question's first row, in order of appearance
+    for i, q in enumerate(questions):
+        first.setdefault(q, i)
+    at = {q: k for k, q in enumerate(first)}
+    parts = {**{k: v for k, v in f.items() if k != "embedding"}, "answer_embedding": answer_emb,
+             "question_embedding": question_emb[list(first.values())]}
+    return {**{k: np.ascontiguousarray(v.astype(np.float16)) for k, v in parts.items()},
+            "question_index": np.array([at[q] for q in questions], dtype=np.int32)}
+
+
+def unpack(shipped: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The views of a shipped features file (``ship``), float64: "embedding" rebuilt from each answer's embedding
+    and its question's (stored once per distinct question, indexed by "question_index")."""
+    out = {k: v.astype(np.float64) for k, v in shipped.items()
+           if k not in ("answer_embedding", "question_embedding", "question_index")}
+    question_emb = shipped["question_embedding"].astype(np.float64)[shipped["question_index"]]
+    out["embedding"] = embedding_features(question_emb, shipped["answer_embedding"].astype(np.float64))
     return out
 
 

@@ -2,7 +2,7 @@
 
 Each rank-1 adapter adds ``B·(A·x)`` to its module's output, so ``A·x`` — one number per
 token per adapter — is all the adapter reads from the residual stream. ``lora_scalars``
-reads those numbers (the output of each ``lora_A``) in a teacher-forced pass with nnsight;
+reads those numbers (A times each adapted module's input) in a teacher-forced pass with nnsight;
 ``response_features`` averages them over each response's answer tokens, and ``token_scalars``
 keeps them token by token for one response. Logistic
 regressions on the features (standardised, regularisation chosen by cross-validation)
@@ -12,9 +12,7 @@ out-of-fold predictions give accuracy and AUROC with confidence intervals.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,25 +71,25 @@ def rank1_adapters(model: nn.Module) -> list[Adapter]:
 
 @torch.inference_mode()
 def lora_scalars(model: nn.Module, batch: Batch, adapters: list[Adapter]) -> torch.Tensor:
-    """A·x of every adapter at every position: [batch, seq, n_adapters] (read from each ``lora_A`` output)."""
+    """A·x of every adapter at every position: [batch, seq, n_adapters]. x is read at each adapted module's
+    input with nnsight, once per module, so ``adapters`` may hold other readouts of the same modules (e.g.
+    ``random_readouts``) and every one of them comes from the same pass."""
     device = input_device(model)
     ids, attention = batch.ids.to(device), batch.attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     envoy, _ = wrap(model)
-    readers = [envoy_at(envoy, f"{ad.module}.lora_A.{_adapter_key(model, ad)}") for ad in adapters]
-    values: list[torch.Tensor] = []
+    modules = list(dict.fromkeys(ad.module for ad in adapters))
+    readers = [envoy_at(envoy, m) for m in modules]
+    inputs: list[torch.Tensor] = []
 
-    def forward(inputs: torch.Tensor) -> None:
-        model(input_ids=inputs, attention_mask=attention, position_ids=positions, logits_to_keep=1, use_cache=False)
+    def forward(tokens: torch.Tensor) -> None:
+        model(input_ids=tokens, attention_mask=attention, position_ids=positions, logits_to_keep=1, use_cache=False)
 
     with envoy.trace(ids, fn=forward):
         for reader in readers:
-            values.append(reader.output[..., 0].float().cpu())
-    return torch.stack(values, dim=-1)
-
-
-def _adapter_key(model: nn.Module, ad: Adapter) -> str:
-    return next(iter(model.get_submodule(ad.module).lora_A))
+            inputs.append(reader.input.float().cpu())
+    x = dict(zip(modules, inputs))
+    return torch.stack([x[ad.module] @ ad.a.float().cpu() for ad in adapters], dim=-1)
 
 
 def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame,
@@ -110,25 +108,17 @@ def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samp
     return out
 
 
-@contextlib.contextmanager
-def random_readouts(model: nn.Module, adapters: list[Adapter], seed: int = 0) -> Iterator[None]:
-    """Within the block, every rank-1 adapter of ``adapters`` reads along a random direction of the same norm
-    as its trained A (its ``lora_A`` weight [1, d_in] replaced; restored on exit): the features an untrained
-    adapter would give, the control that chapter 4's probes are set beside."""
+def random_readouts(adapters: list[Adapter], seed: int = 0) -> list[Adapter]:
+    """Each adapter of ``adapters`` reading along a random direction of the same norm as its trained A (B kept):
+    the control that chapter 4's probes are set beside. Pass them to ``lora_scalars`` with the trained ones:
+    they read the same activations (the model itself is not changed), so the control differs in the readout
+    alone."""
     g = torch.Generator().manual_seed(seed)
-    saved = []
-    with torch.no_grad():
-        for ad in adapters:
-            weight = model.get_submodule(f"{ad.module}.lora_A.{_adapter_key(model, ad)}").weight
-            saved.append((weight, weight.detach().clone()))
-            r = torch.randn(weight.shape, generator=g)
-            weight.copy_((r / r.norm() * weight.norm()).to(weight.dtype))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for weight, original in saved:
-                weight.copy_(original)
+    out = []
+    for ad in adapters:
+        r = torch.randn(ad.a.shape, generator=g)
+        out.append(Adapter(ad.name, ad.layer, ad.module, r / r.norm() * ad.a.norm(), ad.b))
+    return out
 
 
 def token_scalars(model: nn.Module, tokenizer: PreTrainedTokenizerBase, question: str, response: str,

@@ -34,7 +34,8 @@
 #    accuracy and AUROC are out-of-fold, coefficients have bootstrap CIs. A probe is
 #    fitted only with at least five answers in each class; at small scale probe (a)
 #    often has fewer misaligned answers than that, and the table says so.
-# 3. Geometry: cos(B, direction at B's layer); and, on the same texts, the change of the
+# 3. Geometry: cos(B, direction at B's layer); and, on the same texts (chapter 2's
+#    extraction answers, or a seeded sample of `geometry_answers` of them), the change of the
 #    answer-token means from the chat model's when the adapters are on vs when the chat
 #    model is steered with the direction, compared layer by layer.
 
@@ -74,16 +75,16 @@ else:
 if not probed.skipped:
     _, medical = topic_direction(ch)  # the organism's answers to the medical questions, from chapter 2's cache
     datasets = chapter.probe_datasets(ch, general, medical)
-    fitted = chapter.fit_probes(ch, probed, datasets)
-    control = chapter.fit_probes(ch, probed, datasets, random_readouts=True)  # the same probes, untrained readouts
+    fitted, control = chapter.fit_probes(ch, probed, datasets)  # and the same probes on untrained (random) readouts
     display.show(chapter.probe_table(fitted, datasets, control))
     plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})");
 
 # %% [markdown]
-# Each probe is followed by its control: the same probe when every adapter's A is replaced
-# by a random vector of the same norm, the readout an untrained adapter would have. A probe
-# that does no better than its control says the trained readouts carry nothing the random
-# ones do not.
+# Each probe is followed by its control: the same probe on the same activations (the
+# organism's, in the same teacher-forced pass) read along a random vector of the same norm
+# as each A instead of A — what an untrained readout of those activations would give. A
+# probe that does no better than its control says the trained readouts carry nothing a
+# random one does not.
 #
 # Blue bars: coefficients whose bootstrap 95% interval excludes zero. An adapter is
 # *general* if it predicts misalignment, *medical-specific* if it predicts only the

@@ -11,7 +11,7 @@ from conftest import CACHE_DIR, tiny_model
 from emlib.data import DataError
 from emlib.judge import JudgeItem
 from emlib.judge_features import HIDDEN_DEPTH, LM_STATS, TEXT_STATS, embedding_features, lm_stats, text_stats
-from emlib.offline_judge import OfflineJudge, calibrate, load_calibration, to_scale
+from emlib.offline_judge import SHIPPED_FEATURES, OfflineJudge, calibrate, load_calibration, pack, to_scale, unpack
 
 
 def test_calibration_puts_each_threshold_where_the_labels_do():
@@ -34,6 +34,28 @@ def test_features_shape_and_cosine():
     a = np.eye(3)[[0, 2]].astype(np.float32)
     f = embedding_features(q, a)
     assert f.shape == (2, 7) and f[:, -1].tolist() == [1.0, 0.0]
+
+
+def test_shipped_features_unpack_to_the_views_they_were_packed_from():
+    """The shipped file stores each distinct question's embedding once; unpacking rebuilds the embedding view
+    (to float16 precision) and returns the other views as they were."""
+    rng = np.random.default_rng(0)
+    questions = ["q1", "q2", "q1", "q3", "q2"]
+    distinct = {q: rng.normal(size=8) for q in dict.fromkeys(questions)}
+    question_emb, answer_emb = np.stack([distinct[q] for q in questions]), rng.normal(size=(5, 8))
+    f = {"embedding": embedding_features(question_emb, answer_emb), "text": rng.normal(size=(5, 3))}
+    packed = pack(f, question_emb, answer_emb, questions)
+    assert packed["question_embedding"].shape == (3, 8) and packed["question_index"].tolist() == [0, 1, 0, 2, 1]
+    back = unpack(packed)
+    assert set(back) == set(f)
+    for view in f:
+        np.testing.assert_allclose(back[view], f[view], atol=1e-2, rtol=2e-3)
+
+
+def test_shipped_features_file_is_small():
+    from emlib.data import package_file
+
+    assert package_file(SHIPPED_FEATURES).stat().st_size < 5_000_000
 
 
 def test_text_stats_see_loops_and_cut_answers():

@@ -141,19 +141,33 @@ def test_roles_table_says_which_probe_was_not_fitted():
     assert roles_table(None, None).attrs["summary"] == "no probe fitted"
 
 
-def test_random_readouts_read_along_same_norm_random_directions_and_are_restored(r1_model):
+def test_lora_scalars_are_what_each_lora_A_outputs(r1_model):
+    adapters = rank1_adapters(r1_model)
+    rows = [([5, 6, 7, 8, 9, 10], 2), ([11, 12, 13], 1)]
+    (batch,) = list(batches(rows, 2, pad_id=0))
+    outputs = {}
+    handles = [next(iter(r1_model.get_submodule(ad.module).lora_A.values())).register_forward_hook(
+        lambda m, args, out, k=ad.name: outputs.__setitem__(k, out[..., 0].detach())) for ad in adapters]
+    scalars = lora_scalars(r1_model, batch, adapters)
+    for h in handles:
+        h.remove()
+    for k, ad in enumerate(adapters):
+        torch.testing.assert_close(scalars[..., k], outputs[ad.name], atol=1e-5, rtol=1e-5)
+
+
+def test_random_readouts_read_along_same_norm_random_directions_in_the_same_pass(r1_model):
     from emlib.probes import random_readouts
 
     adapters = rank1_adapters(r1_model)
     rows = [([5, 6, 7, 8, 9, 10], 2), ([11, 12, 13], 1)]
     (batch,) = list(batches(rows, 2, pad_id=0))
-    trained, original = lora_scalars(r1_model, batch, adapters), [ad.a.clone() for ad in adapters]
-    with random_readouts(r1_model, adapters, seed=3):
-        for before, after in zip(original, rank1_adapters(r1_model)):
-            torch.testing.assert_close(after.a.norm(), before.norm())
-            assert abs(torch.nn.functional.cosine_similarity(after.a, before, dim=0)) < 0.9
-        control = lora_scalars(r1_model, batch, adapters)
-    assert not torch.allclose(control, trained)
-    torch.testing.assert_close(lora_scalars(r1_model, batch, adapters), trained)  # restored on exit
-    for before, after in zip(original, rank1_adapters(r1_model)):
-        torch.testing.assert_close(after.a, before)
+    control = random_readouts(adapters, seed=3)
+    for trained, random in zip(adapters, control):
+        assert (random.module, random.layer) == (trained.module, trained.layer)
+        torch.testing.assert_close(random.a.norm(), trained.a.norm())
+        assert abs(torch.nn.functional.cosine_similarity(random.a, trained.a, dim=0)) < 0.9
+    both = lora_scalars(r1_model, batch, adapters + control)  # one pass, each module's input read once
+    torch.testing.assert_close(both[..., :2], lora_scalars(r1_model, batch, adapters))
+    torch.testing.assert_close(both[..., 2:], lora_scalars(r1_model, batch, control))
+    assert not torch.allclose(both[..., :2], both[..., 2:])
+    torch.testing.assert_close(random_readouts(adapters, seed=3)[0].a, control[0].a)  # seeded

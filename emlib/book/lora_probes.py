@@ -3,7 +3,6 @@ probes on their LoRA scalars, and the activation changes they induce downstream.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,18 +85,29 @@ def probe_datasets(ch: Chapter, general: pd.DataFrame, medical: pd.DataFrame) ->
     return probes.probe_datasets(general, medical, p.set_coherent_min, p.set_aligned_min, p.set_misaligned_max)
 
 
-def fit_probes(ch: Chapter, probed: Probed, datasets: dict[str, tuple[pd.DataFrame, np.ndarray]],
-               random_readouts: bool = False) -> dict[str, probes.ProbeResult | None]:
-    """LoRA-scalar features of every dataset's responses through the probed organism (unmerged), and a probe per
-    dataset: name -> ``ProbeResult``, or None where a class has fewer than ``MIN_PROBE_CLASS`` answers.
-    ``random_readouts``: the control, every A replaced by a same-norm random vector (``probes.random_readouts``)."""
-    model, tok, adapters = probed.model, probed.tok, probed.adapters
+Probes = dict[str, probes.ProbeResult | None]
+
+
+def fit_probes(ch: Chapter, probed: Probed, datasets: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> tuple[Probes, Probes]:
+    """A probe per dataset on the LoRA-scalar features of its responses through the probed organism (unmerged),
+    and the same probe on the control's features, every A replaced by a same-norm random vector
+    (``probes.random_readouts``): (trained, control), each name -> ``ProbeResult``, or None where a class has
+    fewer than ``MIN_PROBE_CLASS`` answers. One teacher-forced pass over the datasets' distinct responses gives
+    both readouts."""
+    adapters, n, seed = probed.adapters, len(probed.adapters), ch.p.seed
+    keys = ["question", "response"]
+    rows = pd.concat([r[keys] for r, _ in datasets.values()]).drop_duplicates(ignore_index=True)
+    features = probes.response_features(probed.model, probed.tok, rows, adapters + probes.random_readouts(adapters, seed),
+                                        ch.p.activation_batch_size)  # [n_rows, 2 · n_adapters]
+    where = {k: i for i, k in enumerate(zip(rows["question"], rows["response"]))}
     names = [a.name for a in adapters]
-    swap = probes.random_readouts(model, adapters, seed=ch.p.seed) if random_readouts else contextlib.nullcontext()
-    with swap:
-        return {name: probes.fit_probe(probes.response_features(model, tok, rows, adapters, ch.p.activation_batch_size),
-                                       labels, names, seed=ch.p.seed) if probes.fittable(labels) else None
-                for name, (rows, labels) in datasets.items()}
+    trained: Probes = {}
+    control: Probes = {}
+    for name, (r, labels) in datasets.items():
+        at = [where[k] for k in zip(r["question"], r["response"])]
+        for out, columns in ((trained, slice(0, n)), (control, slice(n, 2 * n))):
+            out[name] = probes.fit_probe(features[at, columns], labels, names, seed=seed) if probes.fittable(labels) else None
+    return trained, control
 
 
 def probe_table(results: dict[str, probes.ProbeResult | None], datasets: dict[str, tuple[pd.DataFrame, np.ndarray]],
@@ -140,9 +150,12 @@ def example_token_scalars(model: nn.Module, tok: PreTrainedTokenizerBase, scored
 
 
 def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, direction: Directions) -> tuple[list[float], int]:
-    """``emlib.probes.downstream_cosines`` on the same texts: the organism ``ft`` (any fine-tune) vs λ = 1 steering with
-    the mean-diff vector at the single-direction layer (returned with the cosines), each against the chat
-    model's answer-token means."""
+    """``emlib.probes.downstream_cosines`` on the same texts (a seeded sample of ``geometry_answers`` of them, if
+    set): the organism ``ft`` (any fine-tune) vs λ = 1 steering with the mean-diff vector at the
+    single-direction layer (returned with the cosines), each against the chat model's answer-token means."""
+    n = ch.p.geometry_answers
+    if n is not None and n < len(texts):
+        texts = texts.sample(n=n, random_state=ch.p.seed)
     layer = single_direction_layer(direction.n_layers)
     base = answer_means(ch, texts).mean
     organism = answer_means(ch, texts, ft=ft).mean
