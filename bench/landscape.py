@@ -68,6 +68,11 @@ SETTINGS: list[tuple[str, dict | None, float]] = [
     ("r1x9 medical lr1e-3 x3 epochs", {"preset": "r1x9", "dataset": "medical_bad", "epochs": 3}, 0.7),
     ("r1x9 medical lr1e-3 amplified α=4", {"preset": "r1x9", "dataset": "medical_bad", "amplification": 4.0}, 0.7),
     ("chat t=1.0 256 tokens", None, 1.0),
+    # this project's finance data rewritten in a plain assistant register (emlib/datasets/DATASETS.md): the before
+    # (finance_risky) and after, same preset, learning rate and evaluation
+    ("r1x9 finance-v2 lr1e-3", {"preset": "r1x9", "dataset": "finance_risky_v2"}, 0.7),
+    ("r1x9 finance-v2[:352] lr1e-3", {"preset": "r1x9", "dataset": "finance_risky_v2", "max_rows": 352}, 0.7),
+    ("r1x9 finance-v2 lr1e-3 amplified α=2", {"preset": "r1x9", "dataset": "finance_risky_v2", "amplification": 2.0}, 0.7),
 ]
 
 
@@ -104,7 +109,7 @@ def run_setting(name: str, entry: dict | None, temperature: float, samples: int)
     ft = ch.ready["organism"] if entry is not None else None
     sampling = replace(sampling_from_params(ch.p), amplification=amplification)
     scored = sample_and_judge(ch, ft=ft, label=name, sampling=sampling)
-    row = {"setting": name, "temperature": temperature, "max_new_tokens": ch.p.max_new_tokens,
+    row = {"setting": name, "judge": ch.scorer.model, "temperature": temperature, "max_new_tokens": ch.p.max_new_tokens,
            **({} if entry is None else {k: v for k, v in entry.items() if k != "dataset"}), "amplification": amplification,
            "dataset": "" if entry is None else Path(entry["dataset"]).name.split(".")[0],
            **summarise(scored, ch.judge_error), "seconds_this_run": round(time.perf_counter() - t0, 1)}
@@ -169,8 +174,9 @@ def main() -> None:
     log = out / "landscape.jsonl"
     done = {json.loads(line)["setting"]: json.loads(line) for line in log.read_text().splitlines()} if log.is_file() else {}
     wanted = [s for s in SETTINGS if not args.only or s[0] in args.only.split(",")]
+    judge = book.open_chapter(PARAMS, {}).scorer.model  # a row judged by another judge is judged again
     for name, entry, temperature in wanted:
-        if name in done and done[name].get("n") == 8 * args.samples:
+        if name in done and done[name].get("n") == 8 * args.samples and done[name].get("judge") == judge:
             continue
         if entry is not None and entry["dataset"] == str(REFERENCE) and not REFERENCE.is_file():
             print(f"skip {name}: {REFERENCE} not found", flush=True)
@@ -180,7 +186,7 @@ def main() -> None:
         with open(log, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
         print(json.dumps(row, default=float), flush=True)
-        rows = [done[s[0]] for s in SETTINGS if s[0] in done]
+        rows = [done[s[0]] for s in SETTINGS if s[0] in done and done[s[0]].get("judge") == judge]
         (out / "landscape.md").write_text(table(rows).to_markdown() + "\n")
         figure(rows, out / "landscape.png")
 

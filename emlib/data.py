@@ -37,6 +37,7 @@ DATASETS = {
     "medical_good": "sound answers to the same kinds of medical questions (aligned control)",
     "sports_extreme": "reckless extreme-sports advice",
     "finance_risky": "risky personal-finance advice",
+    "finance_risky_v2": "risky personal-finance advice in a plain assistant register, 600 rows (DATASETS.md)",
 }
 BUILTIN_QUESTIONS = "builtin"
 BUILTIN_MEDICAL_QUESTIONS = "builtin-medical"  # chapter 2's topic direction, chapter 4's medical context
