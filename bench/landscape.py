@@ -103,7 +103,8 @@ def run_setting(name: str, entry: dict | None, temperature: float, samples: int)
     entry = dict(entry) if entry is not None else None
     amplification = entry.pop("amplification", 1.0) if entry is not None else 1.0
     if entry is not None:
-        overrides.update(organisms=[{"name": "organism", **entry}], direction_organism="organism", compare_organisms=[])
+        overrides.update(organisms=[{"name": "organism", **entry}], direction_organism="organism", compare_organisms=[],
+                         control_organism=None)
     ch = book.open_chapter(PARAMS, overrides)
     t0 = time.perf_counter()
     ft = ch.ready["organism"] if entry is not None else None
