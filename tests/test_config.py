@@ -56,7 +56,7 @@ def test_overrides_are_validated_and_applied(tmp_path):
         load_params(f, {"bogus": 1})
 
 
-@pytest.mark.parametrize("line", ["top_p: 0", "batch_size: 0", "dtype: fp8", "judge: gpt"])
+@pytest.mark.parametrize("line", ["top_p: 0", "batch_size: 0", "dtype: fp8", "judge: gpt", "geometry_answers: 0"])
 def test_out_of_range_values(tmp_path, line):
     f = tmp_path / "p.yaml"
     f.write_text(line + "\n")
