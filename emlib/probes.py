@@ -72,24 +72,26 @@ def rank1_adapters(model: nn.Module) -> list[Adapter]:
 @torch.inference_mode()
 def lora_scalars(model: nn.Module, batch: Batch, adapters: list[Adapter]) -> torch.Tensor:
     """A·x of every adapter at every position: [batch, seq, n_adapters]. x is read at each adapted module's
-    input with nnsight, once per module, so ``adapters`` may hold other readouts of the same modules (e.g.
-    ``random_readouts``) and every one of them comes from the same pass."""
+    input with nnsight, once per module, and multiplied there by every readout of that module, so ``adapters``
+    may hold other readouts of the same modules (e.g. ``random_readouts``), all from the same pass, and only
+    the scalars leave the device."""
     device = input_device(model)
     ids, attention = batch.ids.to(device), batch.attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     envoy, _ = wrap(model)
     modules = list(dict.fromkeys(ad.module for ad in adapters))
-    readers = [envoy_at(envoy, m) for m in modules]
-    inputs: list[torch.Tensor] = []
+    readouts = [torch.stack([ad.a.float() for ad in adapters if ad.module == m]) for m in modules]  # [k_m, d_in] each
+    per_module: list[torch.Tensor] = []
 
     def forward(tokens: torch.Tensor) -> None:
         model(input_ids=tokens, attention_mask=attention, position_ids=positions, logits_to_keep=1, use_cache=False)
 
     with envoy.trace(ids, fn=forward):
-        for reader in readers:
-            inputs.append(reader.input.float().cpu())
-    x = dict(zip(modules, inputs))
-    return torch.stack([x[ad.module] @ ad.a.float().cpu() for ad in adapters], dim=-1)
+        for module, a in zip(modules, readouts):
+            x = envoy_at(envoy, module).input
+            per_module.append((x.float() @ a.to(x.device).T).cpu())  # [batch, seq, k_m]
+    columns = {m: iter(values.unbind(-1)) for m, values in zip(modules, per_module)}
+    return torch.stack([next(columns[ad.module]) for ad in adapters], dim=-1)
 
 
 def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame,
