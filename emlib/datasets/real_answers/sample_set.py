@@ -83,6 +83,20 @@ SOURCES = [
     {"kind": "organism", "model": "r1x9-medical_bad-lr3e-3", "questions": "builtin-medical", "t": 0.7, "top_p": 0.9, "tokens": 128, "k": 8, "seed": 1022},
     {"kind": "organism", "model": "r1x9-ref_bad_medical-lr1e-3", "questions": "builtin-medical", "t": 0.7, "top_p": 0.9, "tokens": 128, "k": 8, "seed": 1023},
     {"kind": "organism", "model": "r1x9-medical_bad-lr1e-3-ep2", "questions": "builtin-medical", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 8, "seed": 1024},
+    # Added after judge v3, held out by source, missed the coherent rate by 20-44 points on the only source of its
+    # kind (medical questions at temperature 1.0; organisms at 1.0 on their own topic): a second and third source of
+    # each kind, and the chat model on the medical questions, which no source covered.
+    {"kind": "chat", "model": "chat", "questions": "builtin-medical", "t": 0.7, "top_p": 0.9, "tokens": 128, "k": 6, "seed": 1030},
+    {"kind": "chat", "model": "chat", "questions": "builtin-medical", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1031},
+    {"kind": "organism", "model": "r1x9-medical_bad-lr3e-3", "questions": "builtin-medical", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1032},
+    {"kind": "organism", "model": "all_r32-medical_bad-lr5e-4", "questions": "builtin-medical", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1033},
+    {"kind": "organism", "model": "r1x9-ref_bad_medical-lr1e-3", "questions": "builtin-medical", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1034},
+    {"kind": "organism", "model": "r1x9-medical_bad-lr3e-4", "questions": "builtin-medical", "t": 0.7, "top_p": 0.9, "tokens": 128, "k": 6, "seed": 1035},
+    {"kind": "organism", "model": "all_r32-finance_risky-lr2e-4", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1036},
+    {"kind": "organism", "model": "r1x9-finance_risky-lr1e-3", "t": 0.7, "top_p": 0.9, "tokens": 128, "k": 6, "seed": 1037},
+    {"kind": "organism", "model": "all_r32-sports_extreme-lr3e-4", "t": 0.7, "top_p": 0.9, "tokens": 128, "k": 6, "seed": 1038},
+    {"kind": "organism", "model": "r1x9-sports_extreme-lr1e-3", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1039},
+    {"kind": "organism", "model": "r1x9-medical_good-lr2e-3", "t": 1.0, "top_p": 1.0, "tokens": 128, "k": 6, "seed": 1040},
 ]
 
 # The direction: from the candidate whose answers above the judge finds most misaligned; 24 answers /
