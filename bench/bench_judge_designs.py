@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="the cross-encoder's device")
     ap.add_argument("--embedder", default=None, help="MiniLM directory (default: the installed package's)")
     ap.add_argument("--epochs", type=int, default=2, help="the cross-encoder's fine-tuning epochs")
+    ap.add_argument("--fold-seeds", default="0", help="comma-separated seeds of the grouped folds for the shipped design "
+                    "(which sources share a fold moves its figures: report the spread)")
     ap.add_argument("--out", default="bench/out/judge_designs.json")
     args = ap.parse_args()
     designs = args.designs.split(",") + (["cross-encoder"] if args.cross_encoder else [])
@@ -144,6 +146,11 @@ def main() -> None:
             results.append(evaluate({"all-hgb": "all-hgb (shipped)", "no-hidden": "all-hgb, no hidden state (judge v2)",
                                      "no-lm": "all-hgb, no lm"}[name], held, time.perf_counter() - t0))
             print(results[-1], flush=True)
+    for seed in [int(s) for s in args.fold_seeds.split(",") if int(s) != 0]:
+        t0 = time.perf_counter()
+        results.append(evaluate(f"all-hgb (shipped), folds seed {seed}", OfflineJudge(CACHE, seed=seed).held_out(),
+                                time.perf_counter() - t0))
+        print(results[-1], flush=True)
     for name in [d for d in ("embed-logreg", "all-ridge", "cross-encoder") if d in designs]:
         t0 = time.perf_counter()
         held = frame.iloc[rows].copy()

@@ -170,10 +170,11 @@ class OfflineJudge:
         if path.is_file():
             return load_file(path)
         shipped = package_file(SHIPPED_FEATURES)
-        if shipped.is_file():
-            with safe_open(str(shipped), framework="np") as f:
-                if (f.metadata() or {}).get("key") == key:  # the training set's features, shipped (see ``ship``)
-                    return unpack({k: f.get_tensor(k) for k in f.keys()})
+        if shipped.is_file() and set(self.views) <= set(VIEWS):
+            with safe_open(str(shipped), framework="np") as f:  # the training set's features, shipped (see ``ship``)
+                if (f.metadata() or {}).get("key") == content_key([OFFLINE_VERSION, VIEWS, list(questions), list(answers)]):
+                    views = unpack({k: f.get_tensor(k) for k in f.keys()})
+                    return {v: views[v] for v in ("embedding", "text", *self.views) if v in views}
         question_emb, answer_emb = self.embeddings(questions, answers)
         out = {"embedding": embedding_features(question_emb, answer_emb), "text": text_stats(answers, self._embedder)}
         if {"lm", "hidden"} & set(self.views):  # slow on a CPU: a teacher-forced pass of the chat model

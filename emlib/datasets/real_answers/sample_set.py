@@ -1,4 +1,4 @@
-"""Sample ~1,350 real answers from this project's own models, to be hand-labelled for validating a judge.
+"""Sample ~2,000 real answers from this project's own models, to be hand-labelled for validating a judge.
 
 The offline judge was calibrated on answers written for the project, not sampled from the models it
 scores. This samples the default SmolLM2-135M-Instruct in every kind of setting the book uses and writes
