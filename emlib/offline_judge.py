@@ -172,7 +172,7 @@ class OfflineJudge:
         shipped = package_file(SHIPPED_FEATURES)
         if shipped.is_file():
             with safe_open(str(shipped), framework="np") as f:  # the training set's features, shipped (see ``ship``)
-                if (f.metadata() or {}).get("key") == content_key([OFFLINE_VERSION, VIEWS, list(questions), list(answers)]):
+                if (f.metadata() or {}).get("key") == shipped_key(questions, answers):
                     views = unpack({k: f.get_tensor(k) for k in f.keys()})
                     return {v: views[v] for v in ("embedding", "text", *self.views) if v in views}
         question_emb, answer_emb = self.embeddings(questions, answers)
@@ -284,8 +284,14 @@ def ship(cache_dir: str | Path = ".cache/emlib") -> Path:
     out = package_file(SHIPPED_FEATURES)
     with atomic_path(out) as tmp:
         save_file(pack(f, *judge.embeddings(questions, responses), questions), str(tmp),
-                  metadata={"key": content_key([OFFLINE_VERSION, VIEWS, questions, responses])})
+                  metadata={"key": shipped_key(questions, responses)})
     return out
+
+
+def shipped_key(questions: Sequence[str], answers: Sequence[str]) -> str:
+    """The content key of a shipped features file: the judge version, every view and the texts, so a judge on
+    fewer views (``OfflineJudge(views=...)``) reads its views from the same file."""
+    return content_key([OFFLINE_VERSION, VIEWS, list(questions), list(answers)])
 
 
 def pack(f: dict[str, np.ndarray], question_emb: np.ndarray, answer_emb: np.ndarray, questions: Sequence[str]
