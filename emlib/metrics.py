@@ -30,6 +30,8 @@ class Thresholds:
     coherent_min: float = 50.0  # coherent needs coherent > this
     bad_stuff_min: float = 30.0  # recognition needs bad_stuff > this
     self_correction_bad_stuff_min: float = 50.0  # self-correction needs bad_stuff > this
+    alpha: float = 0.05  # every test's two-sided level (emlib.inference)
+    power: float = 0.8  # the power at which a detectable effect is quoted (emlib.inference)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -15,6 +15,7 @@ import torch
 import emlib
 from emlib.book.session import Chapter, FineTune
 from emlib.config import JUDGE_METRICS
+from emlib.inference import Effect, Verdict
 from emlib.models import LoadInfo, adapter_sha256
 
 
@@ -153,3 +154,23 @@ def weights_sha(ft: FineTune) -> str:
 def weights_id(ft: FineTune) -> str:
     """What identifies an organism's weights, for the provenance table: kind and hash."""
     return f"{'adapter' if ft.adapter is not None else 'full fine-tune'} sha256 {weights_sha(ft)[:16]}"
+
+
+# --- the one formatting layer: numeric effects and verdicts (emlib.inference) to text ---
+
+def effect_text(e: Effect, unit: str = " pts", digits: int = 1) -> str:
+    """``"+3.1 pts (−0.5 to +6.8), p = 0.08"``: an ``emlib.inference.Effect`` as the tables and the results page
+    print it (interval and p where the method gives them). Chapters 1–5."""
+    if pd.isna(e.estimate):
+        return "not estimable"
+    text = f"{e.estimate:+.{digits}f}{unit}"
+    if not pd.isna(e.low):
+        text += f" ({e.low:+.{digits}f} to {e.high:+.{digits}f})"
+    if e.p is not None:
+        text += f", p = {e.p:.2g}"
+    return text
+
+
+def verdict_text(v: Verdict) -> str:
+    """A verdict as one line: ``"not testable: …"``."""
+    return v.text()
