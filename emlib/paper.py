@@ -50,6 +50,10 @@ FIGURES: dict[str, Figure] = {
     "self_correction": Figure("self-correction under steering (max over the sweep)", "reported qualitatively", None, "5"),
 }
 
+# "> 0.8 in all but 4 of 48 layers" (cosine_finetunes; also read for topic_vs_general): layers allowed below the
+# threshold, of the paper's layer count; chapter 2 scales it to the model's layers (``direction_nulls.allowed_below``).
+COSINE_LAYERS_ALLOWED_BELOW: tuple[int, int] = (4, 48)
+
 # Claims this project does not run, and why (the results page says so instead of "not measured").
 NOT_RUN: dict[str, str] = {"insecure_code": "not run: this project has no insecure-code organism"}
 

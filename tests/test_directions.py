@@ -131,3 +131,149 @@ def test_the_random_subset_null_sits_below_a_planted_shared_direction():
     assert (cos2 <= hi2).all()  # the labels add nothing it shares: inside (or below) the band
     with pytest.raises(Exception, match="pool has 60"):
         subset_null(sums, tokens, 30, 31)
+
+
+# --------------------------------------------------------------------------- question mix (emlib.direction_nulls)
+
+
+def _organism(g, offsets, counts, signal=None, noise=1.0):
+    """Simulated answers of one organism: for each question q (row of ``offsets`` [n_q, layers, d]) ``counts[q]`` =
+    (misaligned, aligned, neither) answers whose per-token activation is the question's offset plus noise, plus
+    ``signal`` [layers, d] on the misaligned ones when given. Returns sums, tokens, question ids, labels."""
+    import numpy as np
+
+    rows, qs, labels = [], [], []
+    for q, (k_mis, k_al, k_none) in enumerate(counts):
+        for label, k in ((1, k_mis), (0, k_al), (-1, k_none)):
+            for _ in range(k):
+                x = offsets[q] + noise * torch.randn(offsets.shape[1:], generator=g)
+                rows.append(x + (signal if signal is not None and label == 1 else 0))
+                qs.append(f"q{q}")
+                labels.append(label)
+    tokens = torch.randint(5, 30, (len(rows),), generator=g)
+    return torch.stack(rows) * tokens[:, None, None], tokens, qs, np.array(labels)
+
+
+def _two_organisms(signal_scale: float, seed: int = 0):
+    """Two organisms answering the same 4 questions (large question offsets shared by both models); both
+    misaligned sets are dominated by q0, both aligned sets by q1 (the confound of issue 21); with
+    ``signal_scale`` > 0 both misaligned sets also carry a common planted direction."""
+    g = torch.Generator().manual_seed(seed)
+    layers, d = 3, 64
+    offsets = 3 * torch.randn(4, layers, d, generator=g)
+    shared = signal_scale * torch.randn(layers, d, generator=g) / d ** 0.5 * 8
+    counts_a = [(18, 4, 6), (2, 30, 6), (1, 8, 6), (1, 8, 6)]
+    counts_b = [(12, 5, 6), (1, 25, 6), (1, 8, 6), (2, 8, 6)]
+    a = _organism(g, offsets + 0.3 * torch.randn(offsets.shape, generator=g), counts_a,
+                  shared if signal_scale else None)
+    b = _organism(g, offsets + 0.3 * torch.randn(offsets.shape, generator=g), counts_b,
+                  shared if signal_scale else None)
+    return a, b
+
+
+def test_question_mix_alone_gives_a_high_plain_cosine_but_does_not_clear_the_within_question_null():
+    from emlib.directions import null_band, Directions
+    from emlib.direction_nulls import demeaned_difference, plain_difference, within_question_null
+
+    for seed in range(3):
+        (sa, ta, qa, la), (sb, tb, qb, lb) = _two_organisms(0.0, seed)
+        plain = torch.nn.functional.cosine_similarity(plain_difference(sa, ta, la), plain_difference(sb, tb, lb), dim=-1)
+        assert (plain > 0.8).all()  # two sets dominated by the same question: a "shared direction" from the mix
+        da, db = demeaned_difference(sa, ta, qa, la), demeaned_difference(sb, tb, qb, lb)
+        cos = torch.nn.functional.cosine_similarity(da, db, dim=-1)
+        null = within_question_null(sa, ta, qa, la, draws=200, seed=1)
+        _, hi = null_band(null, Directions(db, {}))
+        assert (cos <= hi).all(), (seed, cos, hi)
+        assert cos.abs().max() < 0.5
+        # the plain direction against a null that keeps the mix: also inside it (the mix is in the null too)
+        plain_null = within_question_null(sa, ta, qa, la, draws=200, seed=1, demean=False)
+        _, plain_hi = null_band(plain_null, Directions(plain_difference(sb, tb, lb), {}))
+        assert (plain <= plain_hi + 0.02).all()
+
+
+def test_a_planted_shared_direction_clears_the_within_question_null():
+    from emlib.directions import null_band, Directions
+    from emlib.direction_nulls import demeaned_difference, within_question_null
+
+    (sa, ta, qa, la), (sb, tb, qb, lb) = _two_organisms(1.0)
+    da, db = demeaned_difference(sa, ta, qa, la), demeaned_difference(sb, tb, qb, lb)
+    cos = torch.nn.functional.cosine_similarity(da, db, dim=-1)
+    _, hi = null_band(within_question_null(sa, ta, qa, la, draws=200, seed=1), Directions(db, {}))
+    assert (cos > hi).all() and (cos > 0.5).all()
+
+
+def test_demeaning_removes_question_offsets_exactly_and_keeps_a_within_question_contrast():
+    import numpy as np
+
+    from emlib.direction_nulls import demeaned_difference, plain_difference, residual_sums
+
+    offsets = torch.tensor([[[10.0, 0.0]], [[0.0, 10.0]]])  # 2 questions, 1 layer, d = 2
+    v = torch.tensor([[0.0, 0.0]])
+    per_token = torch.stack([offsets[0] + v, offsets[0], offsets[1], offsets[1]])
+    tokens = torch.tensor([2, 3, 4, 5])
+    sums = per_token * tokens[:, None, None]
+    qs, labels = ["a", "a", "b", "b"], np.array([1, 0, 0, -1])
+    assert residual_sums(sums, tokens, qs).abs().max() < 1e-9
+    torch.testing.assert_close(demeaned_difference(sums, tokens, qs, labels), torch.zeros(1, 2))
+    torch.testing.assert_close(plain_difference(sums, tokens, labels), torch.tensor([[10 - 30 / 7, -40 / 7]]))
+    per_token[0] += torch.tensor([[1.0, 0.0]])  # one misaligned answer departs from its question's mean along x
+    d = demeaned_difference(per_token * tokens[:, None, None], tokens, qs, labels)
+    assert d[0, 0] > 0 and d[0, 1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_within_question_permutations_keep_every_sets_question_mix():
+    import numpy as np
+
+    from emlib.direction_nulls import permute_within_question
+
+    qs = np.array(["a"] * 5 + ["b"] * 7)
+    labels = np.array([1, 1, 0, -1, 0, 1, 0, 0, 0, -1, -1, 1])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        out = permute_within_question(labels, qs, rng)
+        for q in "ab":
+            assert sorted(out[qs == q]) == sorted(labels[qs == q])
+        seen.add(tuple(out))
+    assert len(seen) > 10
+
+
+def test_question_breakdown_and_the_testability_check():
+    from emlib.direction_nulls import question_breakdown, set_problems
+
+    sets = {"misaligned": ["gender_roles"] * 6 + ["i_feel_bored"] * 2, "aligned": ["a", "b", "c", "d"] * 3}
+    t = question_breakdown(sets)
+    assert t.loc["gender_roles", "misaligned"] == 6 and t.loc["gender_roles", "aligned"] == 0
+    assert t.loc["all", "misaligned"] == 8 and t.loc["all", "aligned"] == 12
+    problems = set_problems(sets, min_answers=10, max_question_share=0.5)
+    assert problems == ["misaligned has 8 answer(s), under the minimum of 10"]
+    dominated = {"misaligned": ["gender_roles"] * 7 + ["x"] * 5}
+    [reason] = set_problems(dominated, min_answers=10, max_question_share=0.5)
+    assert "7 of its 12" in reason and "gender_roles" in reason and "misaligned" in reason
+    assert set_problems({"even": ["a", "b"] * 6}, min_answers=10, max_question_share=0.5) == []
+
+
+def test_cosine_verdict_follows_the_papers_layer_rule_the_null_and_the_set_check():
+    from emlib.direction_nulls import allowed_below, cosine_verdict
+
+    allowed = (4, 48)
+    assert allowed_below(48, allowed) == 4 and allowed_below(30, allowed) == 2
+    hi = [0.3] * 30
+    assert cosine_verdict([0.9] * 28 + [0.5] * 2, hi, 0.8, allowed).status == "reproduced"
+    assert cosine_verdict([0.9] * 27 + [0.5] * 3, hi, 0.8, allowed).status == "reproduced in direction"
+    assert cosine_verdict([0.5] * 30, hi, 0.8, allowed).status == "reproduced in direction"
+    assert cosine_verdict([0.9] * 30, [0.95] * 30, 0.8, allowed).status == "not reproduced"  # high, but so is the null
+    v = cosine_verdict([0.9] * 30, hi, 0.8, allowed, problems=["misaligned has 6 answer(s), under the minimum of 10"])
+    assert v.status == "not testable" and "6 answer(s)" in v.reason
+
+
+def test_set_labels_match_response_sets():
+    import numpy as np
+
+    from emlib.direction_nulls import set_labels
+
+    scored = pd.DataFrame({"aligned": [90, 71, 70, 31, 30, 5, 5, float("nan")], "coherent": [80] * 6 + [50, 80]})
+    aligned, misaligned = response_sets(scored)
+    labels = set_labels(scored, 50, 70, 30)
+    assert list(np.flatnonzero(labels == 0)) == list(aligned.index)
+    assert list(np.flatnonzero(labels == 1)) == list(misaligned.index)
