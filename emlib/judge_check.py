@@ -63,6 +63,22 @@ def em_error(scored: pd.DataFrame, t: Thresholds = Thresholds()) -> JudgeError:
                       fp=int((~truth & call).sum()))
 
 
+def label_error(scored: pd.DataFrame, column: str, t: Thresholds = Thresholds()) -> JudgeError:
+    """The judge's calls of one of ``emlib.metrics.classify``'s labels (``column``: "em", "misaligned",
+    "is_coherent", "recognition", "self_correction") against the reader's, on held-out labelled answers with the
+    reader's ``aligned``, ``coherent``, ``bad_stuff`` and the judge's ``judge_*`` scores: TP, FN, TN, FP. Answers
+    missing a score either needs are left out. How many labelled positives a judged label rests on (chapter 5's
+    self-correction)."""
+    from emlib.metrics import classify
+
+    cols = [c for c in ("aligned", "coherent", "bad_stuff") if c in scored and f"judge_{c}" in scored]
+    both = scored.dropna(subset=cols + [f"judge_{c}" for c in cols])
+    truth = classify(both[cols], t)[column].to_numpy(bool)
+    call = classify(both[[f"judge_{c}" for c in cols]].set_axis(cols, axis=1), t)[column].to_numpy(bool)
+    return JudgeError(tp=int((truth & call).sum()), fn=int((truth & ~call).sum()), tn=int((~truth & ~call).sum()),
+                      fp=int((~truth & call).sum()))
+
+
 def confusion_table(e: JudgeError) -> pd.DataFrame:
     """The 2×2 table of ``em_error`` with sensitivity and specificity in its caption (``attrs``)."""
     t = pd.DataFrame({"judge: EM": [e.tp, e.fp], "judge: not EM": [e.fn, e.tn]},

@@ -1,0 +1,108 @@
+"""The intervention controls (emlib.controls) where the answer is known: anisotropy-matched vectors carry the
+direction's norm and come from label-free splits; the gap closed by hand; the rank test as chapters 2 and 3 use
+it is uniform under a simulated null and finds a planted effect."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emlib import controls
+from emlib.directions import Directions, subset_null
+from emlib.judge_check import em_error, label_error
+
+
+def _pool(n=40, layers=3, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(5, 20, (n,), generator=g)
+    sums = (torch.randn(n, layers, d, generator=g) + 3.0) * tokens[:, None, None]  # an anisotropic pool (offset)
+    return sums, tokens
+
+
+def test_anisotropy_matched_controls_have_the_directions_norm_and_come_from_label_free_splits():
+    sums, tokens = _pool()
+    direction = Directions(torch.randn(3, 16) * torch.tensor([[1.0], [5.0], [20.0]]), {"source": "d"})
+    made = controls.anisotropy_matched(sums, tokens, 6, 10, direction, count=5, seed=3)
+    assert len(made) == 5
+    for c in made:
+        torch.testing.assert_close(c.norms(), direction.norms())
+        assert c.provenance["control"] == "anisotropy-matched"
+    # each is a label-free split's mean difference, only rescaled: the same direction as subset_null's draw
+    null = subset_null(sums, tokens, 6, 10, 5, seed=3)
+    cos = torch.nn.functional.cosine_similarity(torch.stack([c.vectors for c in made]), null, dim=-1)
+    torch.testing.assert_close(cos, torch.ones_like(cos))
+    # and they differ from each other (different splits)
+    assert not torch.allclose(made[0].vectors, made[1].vectors)
+
+
+def test_gaussian_controls_have_the_directions_norm_and_differ_by_seed():
+    direction = Directions(torch.randn(3, 16), {})
+    made = controls.gaussian(direction, 4, seed=10)
+    assert all(torch.allclose(c.norms(), direction.norms()) for c in made)
+    assert not torch.allclose(made[0].vectors, made[1].vectors)
+
+
+def test_gap_closed_by_hand():
+    q = ["a"] * 4 + ["b"] * 4
+    organism = [40, 40, 40, 40, 60, 60, 60, 60]  # mean of question means 50
+    chat = [90, 90, 90, 90, 70, 70, 70, 70]  # 80: the gap is 30
+    treated = [46, 46, 46, 46, 60, 60, 60, 60]  # 53: closes 3 of 30
+    e = controls.gap_closed(treated, q, organism, q, chat, q, n_boot=200)
+    assert e.estimate == pytest.approx(10.0)
+    assert e.low == pytest.approx(10.0) and e.high == pytest.approx(10.0)  # no spread within a question
+    # question mix cannot move it: a treated arm with twice the answers on one question gives the same figure
+    e2 = controls.gap_closed(treated + [46] * 4, q + ["a"] * 4, organism, q, chat, q, n_boot=200)
+    assert e2.estimate == pytest.approx(10.0)
+    # no gap: no estimate; a gap that is not established: no interval
+    assert math.isnan(controls.gap_closed(treated, q, organism, q, organism, q).estimate)
+    spread = [0, 100, 0, 100] * 2  # a 1-point gap between arms this spread cannot be told from none
+    noisy = controls.gap_closed(spread, q, spread, q, [v + 1 for v in spread], q)
+    assert math.isnan(noisy.low) and "not established" in noisy.method
+
+
+def test_unit_effects_are_within_question_differences_against_one_base():
+    base = pd.DataFrame({"question_id": ["a", "a", "b", "b"], "aligned": [80.0, 80.0, 40.0, 40.0]})
+    units = pd.DataFrame({"kind": ["direction"] * 2 + ["Gaussian"] * 2, "unit": [0, 0, 0, 0],
+                          "question_id": ["a", "b", "a", "b"], "aligned": [70.0, 40.0, 80.0, 50.0]})
+    e = controls.unit_effects(units, base, "aligned").set_index("kind")["effect"]
+    assert e["direction"] == pytest.approx(-5.0) and e["Gaussian"] == pytest.approx(5.0)
+
+
+def _simulate(rng, n_controls, shift, per_q=2, n_q=8):
+    """One chapter-like rank test: a base arm, the direction's unit and ``n_controls`` random units, each unit's
+    answers drawn with a question effect; the direction's answers shifted by ``shift``."""
+    qeff = rng.normal(0, 15, n_q)
+    qs = np.repeat([f"q{i}" for i in range(n_q)], per_q)
+    base = pd.DataFrame({"question_id": np.repeat([f"q{i}" for i in range(n_q)], 16)})
+    base["aligned"] = qeff[base["question_id"].str[1:].astype(int)] + rng.normal(60, 25, len(base))
+    rows = []
+    for kind, count in (("direction", 1), ("anisotropy-matched", n_controls)):
+        for u in range(count):
+            unit_shift = rng.normal(0, 4)  # each random vector has its own (random) effect
+            vals = qeff[np.arange(n_q).repeat(per_q)] + rng.normal(60, 25, len(qs)) + unit_shift
+            vals += shift if kind == "direction" else 0.0
+            rows.append(pd.DataFrame({"kind": kind, "unit": u, "question_id": qs, "aligned": vals}))
+    effects = controls.unit_effects(pd.concat(rows), base, "aligned")
+    return controls.rank_p(effects, "anisotropy-matched", "less")[0]
+
+
+def test_rank_test_as_the_chapter_uses_it_is_uniform_under_the_null_and_finds_a_planted_effect():
+    rng = np.random.default_rng(0)
+    null = np.array([_simulate(rng, 19, 0.0) for _ in range(600)])
+    # p takes values k/20: under the null each is equally likely, so P(p <= k/20) = k/20
+    for k in (1, 5, 10):
+        assert np.mean(null <= k / 20 + 1e-9) == pytest.approx(k / 20, abs=0.035)
+    planted = np.array([_simulate(rng, 19, -40.0) for _ in range(50)])
+    assert np.mean(planted <= 0.05) > 0.9
+
+
+def test_label_error_counts_the_judges_calls_of_any_label():
+    held = pd.DataFrame({"aligned": [10, 10, 90, 90, 90, 90], "coherent": [90, 90, 90, 90, 90, 10],
+                         "bad_stuff": [0, 0, 80, 80, 0, 80],
+                         "judge_aligned": [10, 90, 90, 90, 10, 90], "judge_coherent": [90] * 6,
+                         "judge_bad_stuff": [0, 0, 80, 0, 0, 80]})
+    assert label_error(held, "em") == em_error(held)
+    e = label_error(held, "self_correction")  # reader positives: rows 2, 3; the judge calls rows 2 and 5
+    assert (e.tp, e.fn, e.fp, e.tn) == (1, 1, 1, 3)
