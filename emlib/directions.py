@@ -3,7 +3,8 @@
 Used by chapters 02 (extraction, norms, cross-fine-tune cosines), 03 (ablation and
 transfer) and 04–05. The direction at layer ℓ is mean(misaligned) − mean(aligned) of the
 residual stream over answer tokens (``emlib.activations``), where among coherent
-(> 50) responses the aligned set has aligned > 70 and the misaligned set aligned ≤ 30.
+(> 50) responses the aligned set has aligned > 70 and the misaligned set aligned ≤ 30. The question-demeaned
+direction, its within-question null and the sets' checks are ``emlib.direction_nulls``.
 """
 
 from __future__ import annotations
@@ -92,31 +93,11 @@ def from_scored(scored: pd.DataFrame, means: Callable[[pd.DataFrame], AnswerMean
     return mean_difference(means(misaligned), means(aligned), provenance)
 
 
-def subset_null(sums: torch.Tensor, tokens: torch.Tensor, n_misaligned: int, n_aligned: int, draws: int = 50,
-                seed: int = 0) -> torch.Tensor:
-    """Mean-diff directions of label-free splits [draws, n_layers, d_model]: each draw takes ``n_misaligned``
-    responses and ``n_aligned`` others at random from the pool whose per-response answer-token sums
-    ``sums`` [n, n_layers, d_model] and counts ``tokens`` [n] are given (``emlib.activations.answer_sums``),
-    and subtracts their token-weighted means as ``mean_difference`` does. The null for a cosine between two
-    mean-diff directions: anisotropy and answer-set composition, with the misaligned/aligned labels removed.
-    Chapter 2."""
-    if n_misaligned + n_aligned > len(tokens):
-        raise DirectionError(f"a split of {n_misaligned} + {n_aligned} responses needs that many; the pool has {len(tokens)}")
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(draws):
-        perm = torch.randperm(len(tokens), generator=g)
-        mis, al = perm[:n_misaligned], perm[n_misaligned : n_misaligned + n_aligned]
-        mean = lambda idx: sums[idx].double().sum(0) / tokens[idx].sum().clamp(min=1)  # noqa: E731
-        out.append((mean(mis) - mean(al)).float())
-    return torch.stack(out)
-
-
 def null_band(null: torch.Tensor, other: Directions, percentiles: tuple[float, float] = (2.5, 97.5)
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``percentiles`` (default: the central 95%), per layer, of the cosines between ``other`` [n_layers,
-    d_model] and each null direction of ``null`` [draws, n_layers, d_model]: (low [n_layers], high [n_layers]).
-    Chapter 2."""
+    d_model] and each null direction of ``null`` [draws, n_layers, d_model] (``direction_nulls.within_question_null``):
+    (low [n_layers], high [n_layers]). Chapter 2."""
     cos = torch.nn.functional.cosine_similarity(null, other.vectors[None].to(null.dtype), dim=-1)  # [draws, n_layers]
     lo, hi = torch.quantile(cos, torch.tensor(percentiles, dtype=cos.dtype) / 100, dim=0)
     return lo, hi
@@ -132,7 +113,7 @@ def cosine_by_layer(a: Directions, b: Directions) -> torch.Tensor:
 def cosine_summary(cosines: dict[str, list[float]], threshold: float,
                    nulls: dict[str, tuple[list[float], list[float]]] | None = None) -> pd.DataFrame:
     """Per pair of directions (name -> cosine per layer): layers above ``threshold``, min, median, max and,
-    where ``nulls`` gives the pair's random-subset band (low, high per layer; ``null_band``), the layers whose
+    where ``nulls`` gives the pair's null band (low, high per layer; ``null_band``), the layers whose
     cosine lies above the band's top and the band's median top. Chapter 2."""
     rows = []
     for pair, values in cosines.items():
@@ -141,7 +122,7 @@ def cosine_summary(cosines: dict[str, list[float]], threshold: float,
                "min": round(float(v.min()), 3), "median": round(float(np.median(v)), 3), "max": round(float(v.max()), 3)}
         if nulls is not None:
             hi = np.asarray(nulls[pair][1]) if pair in nulls else None
-            row["layers above the random-subset null"] = "" if hi is None else f"{int((v > hi).sum())} of {len(v)}"
+            row["layers above the null"] = "" if hi is None else f"{int((v > hi).sum())} of {len(v)}"
             row["null's 97.5% (median layer)"] = "" if hi is None else round(float(np.median(hi)), 3)
         rows.append(row)
     return pd.DataFrame(rows).set_index("pair")

@@ -124,27 +124,32 @@ def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | Non
 
 def by_layer(series: dict[str, list[float]], ylabel: str, title: str, marks: dict[str, int] | None = None,
              hline: float | None = None, hline_label: str = "",
-             bands: dict[str, tuple[list[float], list[float]]] | None = None) -> Figure:
+             bands: dict[str, tuple[list[float], list[float]]] | None = None, band_label: str = "95% random-subset null",
+             legend_outside: bool = False) -> Figure:
     """One line per name over layers (direction norms, cosines; chapters 2 and 4).
 
     ``series``: name -> one value per layer; ``marks``: label -> layer drawn as a vertical line;
     ``hline``: a reference level (e.g. the paper's threshold); ``bands``: name of a series -> (low, high)
-    per layer, drawn as a shaded band in that series' colour (chapter 2's random-subset null).
+    per layer, drawn as a shaded band in that series' colour, labelled "<name>: ``band_label``" (chapter 2's
+    null); ``legend_outside``: the legend right of the axes, off the data.
     """
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(11, 3.8) if legend_outside else (8, 3.6))
     for name, values in series.items():
         (line,) = ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.5, label=name)
         if bands and name in bands:
             lo, hi = bands[name]
             ax.fill_between(range(len(lo)), lo, hi, color=line.get_color(), alpha=0.15, lw=0,
-                            label=f"{name}: 95% random-subset null")
+                            label=f"{name}: {band_label}")
     for label, layer in (marks or {}).items():
         ax.axvline(layer, color="grey", ls=":", lw=1)
         ax.text(layer, ax.get_ylim()[1], f" {label}", fontsize=8, va="top", color="grey")
     if hline is not None:
         ax.axhline(hline, color="#c44e52", ls="--", lw=1, label=hline_label or None)
     ax.set(xlabel="layer (block output)", ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
+    if legend_outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     sns.despine(fig)
     fig.tight_layout()

@@ -97,6 +97,20 @@ class Chapter:
         return None if held_out is None else em_error(held_out())
 
     @cached_property
+    def set_scorer(self) -> Judge:
+        """The judge whose labels select the answers averaged into a direction or probed (chapters 2 and 4): the
+        offline judge reads the chat model's residual stream in its "hidden" view, so a label from it would be a
+        function of (nearly) the activations it selects; this one is the same offline judge without that view
+        (embedding, text and the chat model's log-likelihoods). Its cache entries are its own: the judge cache
+        key holds the judge's ``model``, and ``OfflineJudge.model`` holds a content key of its views. An openai
+        or local judge reads no residual stream: it is ``scorer`` itself."""
+        if self.p.judge != "offline":
+            return self.scorer
+        from emlib.offline_judge import OfflineJudge
+
+        return OfflineJudge(self.p.cache_dir, seed=0, views=SET_JUDGE_VIEWS)
+
+    @cached_property
     def trained(self) -> dict[str, train.TrainResult]:
         """Every trained organism's adapter and card: from the cache, or trained now (chapter 1, with progress)."""
         return {o.name: train_organism(self, o) for o in self.organisms if o.kind == "trained"}
@@ -165,6 +179,23 @@ def intervention_sampling(p: Params, samples_per_question: int) -> SamplingConfi
     """The sampling setting of the steering, ablation and extraction runs (shorter responses). Chapters 2–5."""
     return replace(sampling_from_params(p), samples_per_question=samples_per_question,
                    max_new_tokens=p.intervention_max_new_tokens)
+
+
+# The offline judge's views for labels that select activations (``Chapter.set_scorer``): all but "hidden".
+SET_JUDGE_VIEWS = ("embedding", "text", "lm")
+
+
+def judge_table(ch: Chapter, table: pd.DataFrame, questions: list[Question] | None = None, *,
+                scorer: Judge | None = None) -> pd.DataFrame:
+    """``table`` (sampled answers; any judge columns are replaced) judged again by ``scorer`` (default:
+    ``ch.set_scorer``) on the params' metrics, through the judge cache (each judge its own entries: the cache key
+    holds the judge's backend and model). ``questions``: those the answers reply to (default: the chapter's).
+    Chapter 2's direction sets."""
+    scorer = scorer or ch.set_scorer
+    scorer.check()
+    samples = table.drop(columns=[m for m in ch.p.judge_metrics if m in table.columns])
+    questions = questions if questions is not None else ch.questions
+    return judge_responses(samples, questions, scorer, metrics=ch.p.judge_metrics, cache=judge_cache(ch.p))
 
 
 def judge_from_params(p: Params) -> Judge:
