@@ -105,6 +105,10 @@ class Params:
     random_controls: int = 20  # random vectors per quoted cell (steering headline, each ablation), each one unit of a
     # rank test (emlib.inference.rank_test: fewer than 19 cannot give p < 0.05): anisotropy-matched ones (label-free
     # split mean-differences of the direction organism's answers, at the direction's norm) and as many Gaussian ones
+    transfer_random_controls: int | None = None  # random vectors of each kind on every transfer target (chapter 3;
+    # the same vectors as the source's first ones); None = random_controls
+    label_min_positives: int = 20  # a judged label (chapter 5's self-correction) validated on fewer labelled
+    # positives than this: its verdict is "not testable"
     set_min_answers: int = 10  # a direction set smaller than this: the direction's verdicts are "not testable"
     set_max_question_share: float = 0.5  # a set with more than this share of its answers on one question is dominated
     # by it: "not testable" (its mean difference would be that question's)
@@ -202,6 +206,9 @@ def _check_ranges(p: Params, source: str) -> None:
         ("headline_samples_per_question", p.headline_samples_per_question >= 1, ">= 1"),
         ("control_samples_per_question", p.control_samples_per_question >= 1, ">= 1"),
         ("set_min_answers", p.set_min_answers >= 1, ">= 1"),
+        ("transfer_random_controls", p.transfer_random_controls is None or p.transfer_random_controls >= 1,
+         ">= 1 or null"),
+        ("label_min_positives", p.label_min_positives >= 1, ">= 1"),
         ("set_max_question_share", 0 < p.set_max_question_share <= 1, "in (0, 1]"),
         ("ablation_samples_per_question", p.ablation_samples_per_question >= 1, ">= 1"),
         ("geometry_answers", p.geometry_answers is None or p.geometry_answers >= 1, ">= 1 or null"),
