@@ -3,11 +3,11 @@
 
 A random vector is one *unit* of ``emlib.inference.rank_test``, never pooled noise. Two kinds per quoted cell:
 
-- *anisotropy-matched*: mean differences of label-free splits of the direction organism's own answers
-  (``emlib.directions.subset_null``: the same answers, pooled and split at random into sets of the two sets'
-  sizes), rescaled to the direction's norm at every layer. They share everything the direction shares with any
-  mean difference of these answers (the residual stream's anisotropy, the answers' question mix and length)
-  except the misaligned/aligned label: the stringent control, on which the verdicts rest.
+- *anisotropy-matched*: the direction's own construction on the direction organism's own answers with the
+  misaligned/aligned labels permuted within question (``emlib.direction_nulls.within_question_null``: label-free
+  splits that keep both sets' sizes and question mix), rescaled to the direction's norm at every layer. They share
+  everything the direction shares with any mean difference of these answers (the residual stream's anisotropy,
+  the answers' question mix and length) except the label: the stringent control, on which the verdicts rest.
 - *Gaussian*: ``emlib.directions.random_like``, the paper's same-norm random vector: a floor beside them.
 
 Each unit (the direction's and every control's) is measured on the same number of answers per question with the
@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emlib.directions import Directions, random_like, subset_null
+from emlib.direction_nulls import within_question_null
+from emlib.directions import Directions, random_like
 from emlib.inference import Effect, rank_test
 
 KINDS = ("anisotropy-matched", "Gaussian")  # the two kinds of random unit; the first is the one verdicts rest on
@@ -36,13 +37,14 @@ def rescale(vectors: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12) * norms[None, :, None].to(vectors.dtype)
 
 
-def anisotropy_matched(sums: torch.Tensor, tokens: torch.Tensor, n_misaligned: int, n_aligned: int,
+def anisotropy_matched(sums: torch.Tensor, tokens: torch.Tensor, questions: Sequence[str], labels: np.ndarray,
                        direction: Directions, count: int, seed: int) -> list[Directions]:
-    """``count`` anisotropy-matched random directions [n_layers, d_model] each: label-free split mean-differences of
-    the pool of answers whose per-answer sums ``sums`` [n, n_layers, d_model] and token counts ``tokens`` [n] are
-    given (``emlib.directions.subset_null``, sets of ``n_misaligned`` and ``n_aligned`` answers), rescaled to
-    ``direction``'s norm at every layer. Chapters 2 and 3."""
-    null = subset_null(sums, tokens, n_misaligned, n_aligned, count, seed=seed)
+    """``count`` anisotropy-matched random directions [n_layers, d_model] each: the question-demeaned mean
+    difference of the answers whose per-answer sums ``sums`` [n, n_layers, d_model], token counts ``tokens`` [n],
+    question ids ``questions`` [n] and set ``labels`` [n] (1 misaligned, 0 aligned, −1 neither) are given, with the
+    labels permuted within question (``emlib.direction_nulls.within_question_null``), rescaled to ``direction``'s
+    norm at every layer. Chapters 2 and 3."""
+    null = within_question_null(sums, tokens, questions, labels, count, seed=seed)
     vectors = rescale(null.float(), direction.norms())
     return [Directions(v, {"control": "anisotropy-matched", "split": k, "seed": seed,
                            "norm_matched_to": direction.provenance.get("source", "")}) for k, v in enumerate(vectors)]
@@ -127,3 +129,31 @@ def gap_closed(treated: Sequence[float], treated_q: Sequence[str], organism: Seq
                       method + " (no interval: the gap itself is not established)")
     lo, hi = np.percentile(100 * (boot[0] - boot[1]) / gap, [2.5, 97.5])
     return Effect(measure, est, float(lo), float(hi), None, n_t, n_o, method)
+
+
+# measure name -> (column of emlib.metrics.classify-ed answers, scale to the unit shown)
+MEASURES: dict[str, tuple[str, float]] = {"mean aligned": ("aligned", 1.0), "misaligned %": ("misaligned", 100.0),
+                                          "coherent %": ("is_coherent", 100.0), "EM %": ("em", 100.0),
+                                          "self-correction %": ("self_correction", 100.0)}
+
+
+def rank_table(units: pd.DataFrame, base: pd.DataFrame, alternatives: dict[str, str]) -> pd.DataFrame:
+    """The direction's unit among the random units, per measure of ``alternatives`` (a key of ``MEASURES`` ->
+    ``rank_test``'s alternative) and per kind of control: the direction's unit effect, the controls' median and
+    range, their number, the rank-test p and the smallest p that number allows. ``units`` and ``base``:
+    ``classify``-ed answers as ``unit_effects`` takes them. Indexed by (measure, kind). Chapters 2, 3 and 5."""
+    rows = []
+    for measure, alternative in alternatives.items():
+        column, scale = MEASURES[measure]
+        e = unit_effects(units, base, column, scale)
+        direction = e.loc[e["kind"] == "direction", "effect"]
+        for kind in KINDS:
+            c = e.loc[e["kind"] == kind, "effect"]
+            if c.empty:
+                continue
+            p, n = rank_p(e, kind, alternative)
+            rows.append({"measure": measure, "kind": kind, "direction's unit": float(direction.iloc[0])
+                         if len(direction) else math.nan, "controls' median": float(c.median()),
+                         "controls' min": float(c.min()), "controls' max": float(c.max()), "controls": n,
+                         "alternative": alternative, "p": p, "smallest p": 1 / (n + 1)})
+    return pd.DataFrame(rows).set_index(["measure", "kind"]) if rows else pd.DataFrame()

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from emlib import controls
-from emlib.directions import Directions, subset_null
+from emlib.direction_nulls import within_question_null
+from emlib.directions import Directions
 from emlib.judge_check import em_error, label_error
 
 
@@ -18,19 +19,21 @@ def _pool(n=40, layers=3, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(5, 20, (n,), generator=g)
     sums = (torch.randn(n, layers, d, generator=g) + 3.0) * tokens[:, None, None]  # an anisotropic pool (offset)
-    return sums, tokens
+    questions = [f"q{i % 4}" for i in range(n)]
+    labels = np.array([1 if i % 5 == 0 else 0 if i % 5 < 3 else -1 for i in range(n)])
+    return sums, tokens, questions, labels
 
 
 def test_anisotropy_matched_controls_have_the_directions_norm_and_come_from_label_free_splits():
-    sums, tokens = _pool()
+    sums, tokens, questions, labels = _pool()
     direction = Directions(torch.randn(3, 16) * torch.tensor([[1.0], [5.0], [20.0]]), {"source": "d"})
-    made = controls.anisotropy_matched(sums, tokens, 6, 10, direction, count=5, seed=3)
+    made = controls.anisotropy_matched(sums, tokens, questions, labels, direction, count=5, seed=3)
     assert len(made) == 5
     for c in made:
         torch.testing.assert_close(c.norms(), direction.norms())
         assert c.provenance["control"] == "anisotropy-matched"
-    # each is a label-free split's mean difference, only rescaled: the same direction as subset_null's draw
-    null = subset_null(sums, tokens, 6, 10, 5, seed=3)
+    # each is the direction's construction with labels permuted within question, only rescaled
+    null = within_question_null(sums, tokens, questions, labels, 5, seed=3)
     cos = torch.nn.functional.cosine_similarity(torch.stack([c.vectors for c in made]), null, dim=-1)
     torch.testing.assert_close(cos, torch.ones_like(cos))
     # and they differ from each other (different splits)
