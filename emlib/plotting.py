@@ -2,9 +2,9 @@
 
 - ``response_lengths``, ``em_rates``, ``judge_sources``: chapter 00 (``em_rates`` in every chapter that reports EM).
 - ``loss_curves``, ``em_by_model``: chapter 1.
-- ``by_layer``, ``steering_heatmap``, ``steering_lines``: chapter 2.
-- ``ablation_bars``: chapter 3.
-- ``probe_coefficients``, ``adapter_cosines``, ``token_scalars`` (and ``by_layer``): chapter 4; ``steering_lines`` again in chapter 5.
+- ``by_layer``, ``steering_cells``, ``rank_strip``: chapter 2.
+- ``rank_strip``: chapter 3 (and 5).
+- ``probe_coefficients``, ``adapter_cosines``, ``token_scalars`` (and ``by_layer``): chapter 4.
 - ``claims``: the results page.
 """
 
@@ -156,81 +156,84 @@ def by_layer(series: dict[str, list[float]], ylabel: str, title: str, marks: dic
     return fig
 
 
-def steering_heatmap(rates: pd.DataFrame, metric: str = "em", title: str = "Steering the chat model") -> Figure:
-    """Heatmap of EM % (or coherence %) over layer x λ for the mean-diff vector (chapter 2).
+KIND_STYLE = {"anisotropy-matched": {"color": "#8c8c8c", "marker": "o"}, "Gaussian": {"color": "#c7c7c7", "marker": "s"}}
 
-    ``rates``: ``emlib.metrics.rates(sweep, by=["vector", "layer", "scale"])``.
+
+def rank_strip(units: pd.DataFrame, heads: pd.DataFrame, title: str, xlabels: dict[str, str] | None = None) -> Figure:
+    """The direction beside its random units, one panel per measure (chapters 2, 3 and 5): for each group (a cell,
+    a model), a row with the direction's effect on all its answers and its 95% interval (blue), and one strip row
+    per kind of random unit (each vector's effect on its own answers), with the direction's own unit, measured as
+    each random one is, as a red diamond on each strip: its rank among them is the rank test's.
+
+    ``units``: columns ``group``, ``measure``, ``kind`` ("direction" or a kind of ``KIND_STYLE``), ``effect``;
+    ``heads``: columns ``group``, ``measure``, ``estimate``, ``low``, ``high``, ``n``. ``xlabels``: measure -> axis
+    label. Categorical rows; the legend sits below the axes, off the data.
     """
-    r = rates.reset_index()
-    grid = r[r["vector"] == "mean-diff"].pivot(index="layer", columns="scale", values=f"{metric}_pct")
-    n = r[r["vector"] == "mean-diff"]["n"].min()
-    fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 2.5, 0.5 * grid.shape[0] + 1.6))
-    sns.heatmap(grid, annot=True, fmt=".0f", cmap="rocket_r", vmin=0, vmax=max(10.0, float(grid.max().max())),
-                cbar_kws={"label": f"{'EM' if metric == 'em' else 'coherent'} responses (%)"}, ax=ax)
-    ax.set(xlabel="λ (multiple of the mean-diff vector)", ylabel="steered layer", title=f"{title} (n = {n} per cell)")
-    fig.tight_layout()
-    return fig
-
-
-PANEL_LABELS = {"em": "EM responses (%)", "coherent": "coherent responses (%)",
-                "self_correction": "self-correcting responses (%)", "recognition": "recognition (%)"}
-
-
-def steering_lines(rates: pd.DataFrame, title: str = "EM and coherence against λ",
-                   panels: tuple[str, ...] = ("em", "coherent")) -> Figure:
-    """Rates (``panels``: EM %, coherence %, self-correction %...) against λ per layer with 95% CIs;
-    random same-norm vectors at the same (layer, λ) as open markers on dotted lines (chapters 2 and 5)."""
-    r = rates.reset_index()
-    base = r[r["vector"] == "none"]
-    steered = r[r["vector"] != "none"]
-    layers = sorted(steered["layer"].unique())
-    palette = dict(zip(layers, sns.color_palette("deep", len(layers))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), sharex=True, squeeze=False)
-    for ax, metric in zip(axes[0], panels):
-        label = PANEL_LABELS.get(metric, metric)
-        for layer in layers:
-            for vector, style in (("mean-diff", {"marker": "o", "ls": "-"}), ("random", {"marker": "s", "ls": ":", "mfc": "none"})):
-                sub = steered[(steered["layer"] == layer) & (steered["vector"] == vector)].sort_values("scale")
-                if sub.empty:
-                    continue
-                err = error_bars(sub, metric)
-                ax.errorbar(sub["scale"], sub[f"{metric}_pct"], yerr=err, color=palette[layer], capsize=2, lw=1.3,
-                            label=f"layer {layer}" + (" (random)" if vector == "random" else ""), **style)
-        if not base.empty:
-            ax.axhline(float(base[f"{metric}_pct"].iloc[0]), color="black", lw=1, ls=":", label="unsteered")
-        ax.set(xlabel="λ", ylabel=label, ylim=(0, 100))
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, ncol=2)
+    measures = list(dict.fromkeys(heads["measure"]))
+    groups = list(dict.fromkeys(heads["group"]))
+    kinds = [k for k in KIND_STYLE if k in set(units["kind"])]
+    rows = [(g, r) for g in groups for r in ["direction", *kinds]]
+    fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 0.42 * len(rows) + 1.9), squeeze=False,
+                             sharey=True)
+    for ax, m in zip(axes[0], measures):
+        for y, (g, r) in enumerate(rows):
+            if r == "direction":
+                h = heads[(heads["group"] == g) & (heads["measure"] == m)]
+                if len(h):
+                    h = h.iloc[0]
+                    ax.errorbar([h["estimate"]], [y], xerr=[[max(0, h["estimate"] - h["low"])], [max(0, h["high"] - h["estimate"])]],
+                                fmt="o", color="#4c72b0", capsize=3, label="direction, all its answers (95% CI)")
+                continue
+            u = units[(units["group"] == g) & (units["measure"] == m)]
+            c = u[u["kind"] == r]["effect"]
+            jitter = (pd.Series(range(len(c))) % 3 - 1).to_numpy() * 0.12
+            ax.scatter(c, [y] * len(c) + jitter, s=18, alpha=0.8, label=f"random units: {r}", **KIND_STYLE[r])
+            d = u[u["kind"] == "direction"]["effect"]
+            if len(d):
+                ax.scatter(d, [y] * len(d), marker="D", s=40, color="#c44e52", zorder=3,
+                           label="direction's unit (as many answers as each random one)")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set(xlabel=(xlabels or {}).get(m, f"{m}: change"), title=m)
+        ax.grid(axis="x", alpha=0.3)
+    labels = [f"{g} · {'direction' if r == 'direction' else r}" for g, r in rows]
+    axes[0][0].set_yticks(range(len(rows)), labels)
+    axes[0][0].invert_yaxis()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    keep = dict(zip(names, handles))
+    fig.legend(keep.values(), keep.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title)
     sns.despine(fig)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 + 0.02 * len(keep) / 2, 1, 1))
     return fig
 
 
-def ablation_bars(table: pd.DataFrame, title: str = "EM reduction after ablation") -> Figure:
-    """Bars of EM reduction % with 95% CIs per (model, ablation); the paper's figures as diamonds (chapter 3).
-
-    ``table``: ``emlib.metrics.reduction_table`` output with columns ``model``, ``ablation``,
-    ``reduction_pct``, ``reduction_lo``, ``reduction_hi`` and optional ``paper_reduction_pct``.
-    """
-    t = table.reset_index(drop=True)
-    labels = [f"{m} · {a}" for m, a in zip(t["model"], t["ablation"])]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.6))
-    colors = ["#8c8c8c" if a.startswith("random") else "#4c72b0" for a in t["ablation"]]
-    err = [(t["reduction_pct"] - t["reduction_lo"]).clip(lower=0), (t["reduction_hi"] - t["reduction_pct"]).clip(lower=0)]
-    ax.barh(range(len(t)), t["reduction_pct"].fillna(0), xerr=err, color=colors, error_kw={"lw": 1, "capsize": 3})
-    if "paper_reduction_pct" in t:
-        marks = t["paper_reduction_pct"].dropna()
-        ax.scatter(marks.values, marks.index, marker="D", color="#c44e52", zorder=3, label="paper (Qwen2.5-14B)")
-        ax.legend(fontsize=8, loc="lower right")
-    for i, (v, base, n) in enumerate(zip(t["reduction_pct"], t["em_before_pct"], t["em_before_n"])):
-        if pd.isna(v):
-            ax.text(0, i, f"  not estimable: {n} EM answer(s) before ({base:.1f}%)", va="center", fontsize=8)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(t)), labels)
-    ax.invert_yaxis()
-    ax.set(xlabel="EM reduction (%) = 1 − EM after / EM before", xlim=(-100, 105), title=title)
-    ax.grid(axis="x", alpha=0.3)
+def steering_cells(rates: pd.DataFrame, title: str = "The direction at every cell of the sweep") -> Figure:
+    """The descriptive sweep (chapter 2): mean aligned (95% CI) and misaligned % (Wilson 95% CI) of the direction
+    at each (layer, λ), λ on a categorical axis, one colour per layer; the unsteered chat model as a dotted line.
+    ``rates``: ``emlib.metrics.rates(runs, by=["vector", "layer", "scale"])``; the legend sits right of the axes."""
+    r = rates.reset_index()
+    base, steered = r[r["vector"] == "none"], r[r["vector"] == "mean-diff"]
+    scales = sorted(steered["scale"].unique())
+    pos = {s: i for i, s in enumerate(scales)}
+    layers = sorted(steered["layer"].unique())
+    palette = dict(zip(layers, sns.color_palette("deep", len(layers))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), squeeze=False)
+    for ax, (point, lo, hi, label) in zip(axes[0], (("aligned_mean", "aligned_lo", "aligned_hi", "mean aligned"),
+                                                    ("misaligned_pct", "misaligned_lo", "misaligned_hi", "misaligned %"))):
+        for k, layer in enumerate(layers):
+            sub = steered[steered["layer"] == layer].sort_values("scale")
+            x = [pos[s] + (k - (len(layers) - 1) / 2) * 0.08 for s in sub["scale"]]
+            ax.errorbar(x, sub[point], yerr=[(sub[point] - sub[lo]).clip(lower=0), (sub[hi] - sub[point]).clip(lower=0)],
+                        marker="o", ls="-", color=palette[layer], capsize=2,
+                        label=f"layer {layer} (n = {', '.join(str(n) for n in sub['n'])})")
+        if not base.empty:
+            ax.axhline(float(base[point].iloc[0]), color="black", lw=1, ls=":",
+                       label=f"unsteered (n = {int(base['n'].iloc[0])})")
+        ax.set_xticks(range(len(scales)), [f"{s:g}" for s in scales])
+        ax.set(xlabel="λ (multiple of the direction)", ylabel=label, ylim=(0, 100))
+        ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()
     return fig

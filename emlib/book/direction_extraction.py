@@ -1,7 +1,7 @@
 """Chapter 2, a misalignment direction and steering with it: extract each organism's question-demeaned mean-diff
 direction from answers labelled by a judge that does not read the residual stream, compare directions across
-fine-tunes and topics against a null that keeps each set's question mix, and sweep steering of the chat model.
-Chapters 3–5 read the direction and the sweep back from the cache (``source_of``, ``steering_sweep``).
+fine-tunes and topics against a null that keeps each set's question mix. Chapters 3–5 read the direction back from
+the cache (``source_of``); steering the chat model with it is ``emlib.book.steering``.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from emlib import direction_nulls as nulls, directions
-from emlib.book.display import em_text
 from emlib.book.results import record
 from emlib.book.session import (Chapter, answer_sums, describe, intervention_sampling, judge_table, model_provenance,
                                 sample_and_judge)
 from emlib.cache import content_key
-from emlib.config import headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
 from emlib.inference import Verdict
-from emlib.interventions import steer
-from emlib.metrics import JudgeError, classify, effects, rates
 from emlib.paper import COSINE_LAYERS_ALLOWED_BELOW, FIGURES, value
 
 NULL_DRAWS = 200  # within-question label permutations per null band
@@ -265,73 +261,6 @@ def comparison_table(comparisons: list[Comparison], threshold: float) -> pd.Data
                          if what != "plain mean difference" else "(null is for the demeaned direction)",
                          "note": "; ".join(c.problems) if what == "question-demeaned" else ""})
     return pd.DataFrame(rows).set_index(["pair", "direction"])
-
-
-def steering_sweep(ch: Chapter, direction: Directions) -> pd.DataFrame:
-    """The chat model steered with λ·v at each steering layer (``emlib.config.steering_layers``) and λ of
-    ``steer_scales``; the unsteered model; and at every (layer, λ) a same-norm random vector (seed + 1), with
-    ``random_controls`` of them (seeds + 1..N) at the headline cell (``emlib.config.headline_cell``). One judged
-    table with columns ``vector`` (none / mean-diff / random), ``layer``, ``scale``, ``control`` (the random
-    vector's seed offset; 0 otherwise), ``setting``. Chapters 2 and 5."""
-    p = ch.p
-    controls = {k: directions.random_like(direction, seed=p.seed + k) for k in range(1, p.random_controls + 1)}
-    layers, headline = steering_layers(p, direction.n_layers), headline_cell(p, direction.n_layers)
-    cells = [(layer, s) for layer in layers for s in p.steer_scales]
-    runs: list[tuple[str, int, float, int]] = [("none", -1, 0.0, 0)]
-    runs += [("mean-diff", layer, s, 0) for layer, s in cells]
-    runs += [("random", layer, s, k) for layer, s in cells for k in (controls if (layer, s) == headline else [1])]
-    sampling = intervention_sampling(p, p.steer_samples_per_question)
-    tables = []
-    for vector, layer, scale, k in tqdm(runs, desc="steering runs"):
-        vec = direction if vector == "mean-diff" else controls.get(k)
-        label = f"{vector} L{layer} x{scale:g}" + (f" seed+{k}" if k > 1 else "")
-        iv = None if vector == "none" else steer(vec.vectors[layer], layer, scale, label=label)
-        t = sample_and_judge(ch, label="chat model", sampling=sampling, intervention=iv)
-        setting = "unsteered" if vector == "none" else f"{vector} L{layer} λ={scale:g}"
-        tables.append(t.assign(vector=vector, layer=layer, scale=scale, control=k, setting=setting))
-    return pd.concat(tables, ignore_index=True)
-
-
-def cell_effects(sweep: pd.DataFrame, layer: int, scale: float, judge_error: JudgeError | None = None) -> pd.DataFrame:
-    """The mean-diff vector's effect at one (layer, λ) cell of ``steering_sweep`` (``emlib.metrics.effects``):
-    steered against the unsteered model and against the random vectors at the same cell, pooled (their count in
-    the column name). Chapter 2's headline."""
-    c = classify(sweep)
-    c = c[c["scored"]]
-    at_cell = (c["layer"] == layer) & (c["scale"] == scale)
-    random = c[(c["vector"] == "random") & at_cell]
-    arms = {"steered": c[(c["vector"] == "mean-diff") & at_cell], "unsteered": c[c["vector"] == "none"],
-            f"random, {random['control'].nunique()} vectors": random}
-    return effects(arms, "steered", list(arms)[1:], judge_error)
-
-
-def record_directions(ch: Chapter, cosines: dict[str, list[float]], sweep: pd.DataFrame,
-                      nulls: dict[str, tuple[list[float], list[float]] | None] | None = None) -> None:
-    """The results page's figures: cross-fine-tune cosines (with the layers above their random-subset null), and
-    steering at the headline cell fixed by the params (``emlib.config.headline_cell``) against the unsteered model
-    and its random vectors, with the best cell of the sweep beside it, named as a best-of-sweep pick."""
-    # the cross-fine-tune cosines are recorded by ``record_cosines`` (issue 21)
-    r = rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error).reset_index()
-    n_layers = ch.info.n_layers
-    layer, scale = headline_cell(ch.p, n_layers)
-    head = r[(r["vector"] == "mean-diff") & (r["layer"] == layer) & (r["scale"] == scale)].iloc[0]
-    none = r[r["vector"] == "none"].iloc[0]
-    table = cell_effects(sweep, layer, scale)
-    vs_none = table["steered − unsteered (95% CI)"]
-    vs_random = table[next(c for c in table.columns if c.startswith("steered − random"))]
-    steered = r[r["vector"] == "mean-diff"]
-    best = steered.loc[steered["em_pct"].idxmax()]
-    best_random = r[(r["vector"] == "random") & (r["layer"] == best.layer) & (r["scale"] == best.scale)]
-    text = (f"headline cell (layer {layer}, λ {scale:g}, fixed in the params): {em_text(head)}; steered − unsteered: "
-            f"EM {vs_none['EM %']} pts, mean aligned {vs_none['mean aligned']}; steered − random "
-            f"({ch.p.random_controls} vectors): EM {vs_random['EM %']} pts, mean aligned {vs_random['mean aligned']}"
-            f"; best of {len(steered)} cells (a best-of-sweep pick): {em_text(best)} at layer {best.layer}, "
-            f"λ {best.scale:g}" + (f", its random vector there {em_text(best_random.iloc[0])}" if len(best_random) else ""))
-    verdict = increase_verdict("EM", round(head.em_pct * head.n / 100), int(head.n), round(none.em_pct * none.n / 100),
-                               int(none.n), "unsteered chat model", ch.judge_error,
-                               "the headline cell was fixed in the params before the run; mean aligned steered − "
-                               f"random: {vs_random['mean aligned']}")
-    record(ch.p, ch.params_file, "steering_em", text, (head.em_pct, head.em_lo, head.em_hi), verdict)
 
 
 def topic_comparison(ch: Chapter, source: Extraction, topic: Extraction) -> Comparison:

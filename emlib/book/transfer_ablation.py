@@ -1,142 +1,231 @@
-"""Chapter 3, ablating the direction in its own organism and in others: the ablation runs, the EM
-reduction table beside the paper, and the results page's figures."""
+"""Chapter 3, ablating the direction in its own organism and in others, where the organisms are measurably
+misaligned (``intervention_questions``): the ablation runs, each with random units of a rank test, the mean
+aligned change and the share of the organism's gap to the chat model that an ablation closes, and the results
+page's figures."""
 
 from __future__ import annotations
 
-import re
+import math
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from emlib import controls
+from emlib.book.display import effect_text
 from emlib.book.results import record
 from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
-from emlib.directions import Directions, random_like
+from emlib.book.steering import control_vectors, intervention_questions
+from emlib.directions import Directions
+from emlib.inference import Effect, Verdict, smallest_rank_p, within_question_effect
 from emlib.interventions import Intervention, ablate
-from emlib.metrics import MIN_EM_BEFORE, JudgeError, classify, effects, reduction, reduction_table
+from emlib.metrics import MIN_EM_BEFORE, Thresholds, classify, reduction
 from emlib.models import single_direction_layer
 from emlib.paper import TRANSFER_CLAIMS, value
 
+QUOTED = ("single", "layer-wise")  # the quoted ablations (layer-wise on the direction organism only)
+ABLATION_ALTERNATIVES = {"mean aligned": "greater", "misaligned %": "less", "coherent %": "two-sided"}
+CHAT = "chat model"
+
+
+def n_controls(ch: Chapter, model: str) -> int:
+    """Random vectors of each kind ablated in ``model``: ``random_controls`` in the direction organism,
+    ``transfer_random_controls`` (default: as many) in every transfer target."""
+    p = ch.p
+    return p.random_controls if model == p.direction_organism or p.transfer_random_controls is None \
+        else min(p.transfer_random_controls, p.random_controls)
+
 
 def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
-    """Each model before and after ablating the source organism's direction. The source organism: none,
-    layer-wise (each layer's own vector), single (the relative-depth-0.5 vector at every layer) and
-    ``random_controls`` same-norm random single directions. Each compared organism: none and single
-    (transfer). One judged table with columns ``model``, ``ablation``."""
-    p = ch.p
+    """Every ablation run on the intervention questions, judged, in one table. The chat model, unablated (the gap's
+    other end: chapter 2's unsteered run, the same questions and setting). Each model of the direction organism and
+    ``compare_organisms``: unablated and single-direction ablation (the relative-depth-0.5 vector at every layer) on
+    ``ablation_samples_per_question``; the direction organism also layer-wise; the single ablation's rank-test
+    unit and each random vector's (chapter 2's control vectors at that layer, ``n_controls`` of each kind) on
+    ``control_samples_per_question``. Columns ``model``, ``ablation``, ``arm`` (base / quoted / unit), ``kind``,
+    ``unit``."""
+    p, qs = ch.p, intervention_questions(ch)
     n = direction.n_layers
     layer = single_direction_layer(n)
-    single = direction.vectors[layer]
-    source = p.direction_organism
-    runs: list[tuple[str, str, Intervention | None]] = [
-        (source, "none", None),
-        (source, "layer-wise", ablate(direction.by_layer(), "layer-wise")),
-        (source, "single", ablate({i: single for i in range(n)}, "single"))]
-    for seed in range(1, p.random_controls + 1):
-        r = random_like(direction, seed=p.seed + 100 + seed).vectors[layer]
-        runs.append((source, f"random {seed}", ablate({i: r for i in range(n)}, f"random {seed}")))
-    for target in p.compare_organisms:
-        runs += [(target, "none", None), (target, "single", ablate({i: single for i in range(n)}, "single"))]
-    sampling = intervention_sampling(p, p.ablation_samples_per_question)
+    everywhere = lambda v: {i: v for i in range(n)}  # noqa: E731
+    vecs = control_vectors(ch, direction)
+    runs: list[tuple[str, str, str, str, int, Intervention | None, int]] = [
+        (CHAT, "none", "base", "none", 0, None, p.headline_samples_per_question)]
+    for model in [p.direction_organism, *p.compare_organisms]:
+        runs += [(model, "none", "base", "none", 0, None, p.ablation_samples_per_question),
+                 (model, "single", "quoted", "direction", 0, ablate(everywhere(direction.vectors[layer]), "single"),
+                  p.ablation_samples_per_question)]
+        if model == p.direction_organism:
+            runs.append((model, "layer-wise", "quoted", "direction", 0, ablate(direction.by_layer(), "layer-wise"),
+                         p.ablation_samples_per_question))
+        runs.append((model, "single (unit)", "unit", "direction", 0, ablate(everywhere(direction.vectors[layer]), "single"),
+                     p.control_samples_per_question))
+        for kind, vs in vecs.items():
+            runs += [(model, f"{kind} {k}", "unit", kind, k, ablate(everywhere(v.vectors[layer]), f"{kind} {k}"),
+                      p.control_samples_per_question) for k, v in enumerate(vs[:n_controls(ch, model)])]
     tables = []
-    for model, name, iv in tqdm(runs, desc="ablation runs"):
-        t = sample_and_judge(ch, ft=ch.ready[model], sampling=sampling, intervention=iv)
-        tables.append(t.assign(ablation=name))
-    return pd.concat(tables, ignore_index=True)
+    for model, name, arm, kind, k, iv, spq in tqdm(runs, desc="ablation runs"):
+        ft = None if model == CHAT else ch.ready[model]
+        t = sample_and_judge(ch, qs, ft=ft, label=CHAT if model == CHAT else None,
+                             sampling=intervention_sampling(p, spq), intervention=iv)
+        tables.append(t.assign(ablation=name, arm=arm, kind=kind, unit=k))
+    c = classify(pd.concat(tables, ignore_index=True))
+    return c[c["scored"]]
 
 
-def ablation_effects(scored: pd.DataFrame, judge_error: JudgeError | None = None) -> pd.DataFrame:
-    """Each ablation's effect on EM %, misaligned % and the mean aligned score (``emlib.metrics.effects``): the
-    ablated model against the same model unablated and, where the model has random controls (the source), against
-    its random ablations pooled; paired cluster-bootstrap intervals over questions. Indexed by (run with the arms'
-    answer counts, measure); a model without random controls leaves those columns empty."""
-    c = classify(scored)
-    c = c[c["scored"]]
-    tables = {}
-    for model, g in c.groupby("model", sort=False):
-        random = g[g["ablation"].str.startswith("random")]
-        for ablation in [a for a in g["ablation"].unique() if a != "none" and not a.startswith("random")]:
-            arms = {ablation: g[g["ablation"] == ablation], "none": g[g["ablation"] == "none"]}
-            if len(random):
-                arms[f"random, {random['ablation'].nunique()} vectors"] = random
-            t = effects(arms, ablation, list(arms)[1:], judge_error)
-            t.columns = [re.sub(r" \(n = \d+\)$", "", col.replace(ablation, "ablated", 1)) for col in t.columns]
-            tables[f"{model} · {ablation} (n = {' / '.join(str(len(a)) for a in arms.values())})"] = t
-    return pd.concat(tables, names=["run"]).fillna("") if tables else pd.DataFrame()
+def _arm(scored: pd.DataFrame, model: str, ablation: str) -> pd.DataFrame:
+    return scored[(scored["model"] == model) & (scored["ablation"] == ablation)]
 
 
-def _paper_reduction(ch: Chapter, model: str, ablation: str) -> float | None:
-    """The paper's EM reduction % a (model, ablation) row is compared with, if any."""
-    if ablation.startswith("random"):
-        return value("random_ablation")
-    if ablation == "single" and model in TRANSFER_CLAIMS and model != ch.p.direction_organism:
-        return value(TRANSFER_CLAIMS[model])
-    return None
+def gap(scored: pd.DataFrame, model: str) -> Effect:
+    """The organism's gap to the chat model in mean aligned (chat − organism, within question)."""
+    chat, org = _arm(scored, CHAT, "none"), _arm(scored, model, "none")
+    return within_question_effect(chat["aligned"], chat["question_id"], org["aligned"], org["question_id"],
+                                  measure="chat − organism, mean aligned")
 
 
-def ablation_table(ch: Chapter, scored: pd.DataFrame) -> pd.DataFrame:
-    """``emlib.metrics.reduction_table`` of the runs, with the paper's figure beside each row
-    (``paper_reduction`` text, ``paper_reduction_pct`` for the bar chart's diamonds: transfer rows only)."""
-    t = reduction_table(scored, seed=ch.p.seed, judge_error=ch.judge_error)
-    paper = [_paper_reduction(ch, m, a) for m, a in zip(t["model"], t["ablation"])]
-    t["paper_reduction"] = ["" if v is None else f"< {v:g} (noisy)" if a.startswith("random") else f"{v:g}"
-                            for v, a in zip(paper, t["ablation"])]
-    t["paper_reduction_pct"] = [None if a.startswith("random") else v for v, a in zip(paper, t["ablation"])]
-    return t
+def run_effects(scored: pd.DataFrame, model: str, ablation: str) -> dict[str, Effect]:
+    """A quoted ablation against the same model unablated, within question: mean aligned, misaligned %, coherent %,
+    EM %; and the share of the organism's gap to the chat model it closes (``emlib.controls.gap_closed``)."""
+    after, before, chat = _arm(scored, model, ablation), _arm(scored, model, "none"), _arm(scored, CHAT, "none")
+    out = {}
+    for m in ("mean aligned", "misaligned %", "coherent %", "EM %"):
+        col, s = controls.MEASURES[m]
+        out[m] = within_question_effect(s * after[col].astype(float), after["question_id"],
+                                        s * before[col].astype(float), before["question_id"], measure=m)
+    out["gap closed %"] = controls.gap_closed(after["aligned"], after["question_id"], before["aligned"],
+                                              before["question_id"], chat["aligned"], chat["question_id"])
+    return out
 
 
-def format_ablation(t: pd.DataFrame) -> pd.DataFrame:
-    """A readable version of ``ablation_table``."""
-    def pct(v: float, lo: float | None = None, hi: float | None = None, n_before: int | None = None) -> str:
-        if pd.isna(v):
-            return f"not estimable: {n_before} EM answer(s) before (fewer than {MIN_EM_BEFORE})"
-        return f"{v:.1f}" + ("" if lo is None else f" ({lo:.1f} to {hi:.1f})")
-
-    return pd.DataFrame({
-        "model": t["model"], "ablation": t["ablation"], "responses": t["n"],
-        "EM % before": [f"{v:.1f}" for v in t["em_before_pct"]],
-        "EM % after (95% CI)": [pct(v, lo, hi) for v, lo, hi in zip(t["em_after_pct"], t["em_after_lo"], t["em_after_hi"])],
-        **({"EM % after, judge-corrected": [pct(v, lo, hi) for v, lo, hi in zip(
-            t["em_after_corr_pct"], t["em_after_corr_lo"], t["em_after_corr_hi"])]} if "em_after_corr_pct" in t else {}),
-        "EM reduction % (95% CI)": [pct(v, lo, hi, n) for v, lo, hi, n in
-                                    zip(t["reduction_pct"], t["reduction_lo"], t["reduction_hi"], t["em_before_n"])],
-        "paper reduction %": t["paper_reduction"],
-        "coherent % before → after": [f"{b:.0f} → {a:.0f}" for b, a in zip(t["coherent_before_pct"], t["coherent_after_pct"])],
-    }).set_index(["model", "ablation"])
+def rank_summary(scored: pd.DataFrame, model: str) -> pd.DataFrame:
+    """``emlib.controls.rank_table`` of ``model``'s single-ablation unit among its random units, against it unablated."""
+    g = scored[scored["model"] == model]
+    return controls.rank_table(g[g["arm"] == "unit"], g[g["ablation"] == "none"], ABLATION_ALTERNATIVES)
 
 
-def _reduction_text(v: float, lo: float, hi: float, before: float) -> str:
-    return (f"not estimable: EM before {before:.1f}% (fewer than {MIN_EM_BEFORE} EM answers)" if pd.isna(v)
-            else f"EM {v:+.0f}% reduction ({lo:.0f} to {hi:.0f}); EM before {before:.1f}%")
+def effects_table(ch: Chapter, scored: pd.DataFrame) -> pd.DataFrame:
+    """One row per quoted ablation: answers, mean aligned before and change, misaligned % and coherent % change,
+    the gap closed, the rank-test p of the single ablation among the anisotropy-matched and the Gaussian units,
+    EM answers before → after (the paper's measure)."""
+    rows = []
+    for model in [ch.p.direction_organism, *ch.p.compare_organisms]:
+        rank = rank_summary(scored, model)
+        for ablation in QUOTED:
+            if _arm(scored, model, ablation).empty:
+                continue
+            e = run_effects(scored, model, ablation)
+            before, after = _arm(scored, model, "none"), _arm(scored, model, ablation)
+            row = {"model": model, "ablation": ablation, "answers (after / before)": f"{len(after)} / {len(before)}",
+                   "mean aligned before": f"{before['aligned'].mean():.1f}",
+                   "mean aligned change": effect_text(e["mean aligned"], unit=""),
+                   "gap to chat closed": effect_text(e["gap closed %"], unit="%"),
+                   "misaligned % change": effect_text(e["misaligned %"]),
+                   "coherent % change": effect_text(e["coherent %"]),
+                   "EM answers before → after": f"{int(before['em'].sum())} → {int(after['em'].sum())}"}
+            for kind in controls.KINDS:
+                if ablation == "single" and ("mean aligned", kind) in rank.index:
+                    r = rank.loc[("mean aligned", kind)]
+                    row[f"rank p among {kind} units"] = f"{r['p']:.2g} of {r['controls']}"
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "ablation"]).fillna("")
 
 
-def _reduction_verdict(v: float, lo: float, hi: float, before: float, random: bool = False) -> str:
-    if pd.isna(v):
-        return (f"not testable: {before:.1f}% EM before ablation, too few EM answers to remove (fewer than "
-                f"{MIN_EM_BEFORE})")
-    if random:  # the paper: a random vector changes EM by less than 10%
-        return ("reproduced: the random vectors' change is within ±10%" if -10 <= lo and hi <= 10 else
-                f"not reproduced: the random vectors change EM by {v:+.0f}% ({lo:.0f} to {hi:.0f})" if lo > 10 or hi < -10
-                else f"inconclusive: the interval ({lo:.0f} to {hi:.0f}) is too wide to tell a change under 10%")
-    return (f"reproduced in direction: EM falls by {v:.0f}% ({lo:.0f} to {hi:.0f})" if lo > 0 else
-            f"not reproduced: no EM reduction shown ({v:+.0f}%, {lo:.0f} to {hi:.0f})")
+def strip_frames(ch: Chapter, scored: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What ``emlib.plotting.rank_strip`` draws: per model, every unit's change in mean aligned and the gap it
+    closes (the unit's change over the model's gap), and the single ablation's full-sample effects."""
+    strips, heads = [], []
+    for model in [ch.p.direction_organism, *ch.p.compare_organisms]:
+        g = scored[scored["model"] == model]
+        u = controls.unit_effects(g[g["arm"] == "unit"], g[g["ablation"] == "none"], "aligned")
+        size = gap(scored, model).estimate
+        strips += [u.assign(group=model, measure="mean aligned"),
+                   u.assign(group=model, measure="gap closed %", effect=100 * u["effect"] / size if size else math.nan)]
+        e = run_effects(scored, model, "single")
+        heads += [{"group": model, "measure": m, "estimate": e[m].estimate, "low": e[m].low, "high": e[m].high,
+                   "n": e[m].n} for m in ("mean aligned", "gap closed %")]
+    return pd.concat(strips, ignore_index=True), pd.DataFrame(heads)
 
 
-def record_ablation(ch: Chapter, table: pd.DataFrame, scored: pd.DataFrame) -> None:
-    """The results page's figures: transfer ablation per compared organism and the pooled random controls."""
-    p = ch.p
-    for model, claim in TRANSFER_CLAIMS.items():
-        rows = table[(table["model"] == model) & (table["ablation"] == "single")]
-        if not rows.empty and model != p.direction_organism:
-            r = rows.iloc[0]
-            record(p, ch.params_file, claim, _reduction_text(r.reduction_pct, r.reduction_lo, r.reduction_hi, r.em_before_pct),
-                   None if pd.isna(r.reduction_pct) else (r.reduction_pct, r.reduction_lo, r.reduction_hi),
-                   _reduction_verdict(r.reduction_pct, r.reduction_lo, r.reduction_hi, r.em_before_pct))
-    c = classify(scored)
-    src = c[c["model"] == p.direction_organism]
-    before, rand = src[src["ablation"] == "none"]["em"], src[src["ablation"].str.startswith("random")]["em"]
-    if len(rand):
-        v, lo, hi = reduction(before.to_numpy(), rand.to_numpy(), seed=p.seed)
-        n_random = src.loc[src["ablation"].str.startswith("random"), "ablation"].nunique()
-        record(p, ch.params_file, "random_ablation", f"{n_random} vectors pooled: "
-               + _reduction_text(v, lo, hi, 100 * before.mean()), None if pd.isna(v) else (v, lo, hi),
-               _reduction_verdict(v, lo, hi, 100 * before.mean(), random=True))
+def em_reduction_text(scored: pd.DataFrame, model: str, ablation: str, seed: int) -> tuple[str, bool]:
+    """The paper's measure, EM reduction %, or why it is not testable here (the EM answers it would rest on):
+    (text, testable)."""
+    before, after = _arm(scored, model, "none")["em"], _arm(scored, model, ablation)["em"]
+    k = int(before.sum())
+    if k < MIN_EM_BEFORE:
+        return (f"EM reduction not testable: {k} EM answer(s) of {len(before)} before ablation (a reduction needs "
+                f"{MIN_EM_BEFORE} or more)", False)
+    v, lo, hi = reduction(before.to_numpy(), after.to_numpy(), seed=seed)
+    return f"EM reduction {v:+.0f}% ({lo:.0f} to {hi:.0f}) from {k} EM answers of {len(before)}", True
+
+
+def ablation_verdict(e: dict[str, Effect], rank: pd.DataFrame, em: str, t: Thresholds = Thresholds()) -> Verdict:
+    """A transfer (or own-organism) ablation's verdict on the primary measure: mean aligned should RISE, beyond
+    the anisotropy-matched random units (rank test) and with its within-question interval above 0."""
+    kind = controls.KINDS[0]
+    r = rank.loc[("mean aligned", kind)] if ("mean aligned", kind) in rank.index else None
+    n = int(r["controls"]) if r is not None else 0
+    facts = (f"mean aligned {effect_text(e['mean aligned'], unit='')} after ablation, closing "
+             f"{effect_text(e['gap closed %'], unit='%')} of the gap to the chat model; coherent % "
+             f"{effect_text(e['coherent %'])}; rank p among {n} {kind} random units "
+             + (f"{r['p']:.2g}" if r is not None else "none") + f". Paper's measure: {em}")
+    if n == 0 or smallest_rank_p(n) >= t.alpha:
+        return Verdict("not testable", f"with {n} random units the rank test cannot reach p < {t.alpha:g} "
+                       f"(smallest {smallest_rank_p(max(n, 0)):.2g}); {facts}")
+    if e["mean aligned"].low > 0 and r["p"] < t.alpha:
+        return Verdict("reproduced in direction", facts)
+    return Verdict("not reproduced", f"no rise in mean aligned beyond random directions of the direction's "
+                   f"anisotropy: {facts}")
+
+
+def random_verdict(scored: pd.DataFrame, model: str, em: str, t: Thresholds = Thresholds()) -> tuple[Effect, Verdict]:
+    """The paper's "a random vector changes EM by less than ``value('random_ablation')``%", on the primary measure:
+    the share of the organism's gap to the chat model that the anisotropy-matched random ablations close (their
+    answers together: the typical random effect, not a test of the direction), reproduced when its interval lies
+    within ± that band, not reproduced when it lies outside, not testable when too wide to tell."""
+    band = value("random_ablation")
+    g, chat = scored[scored["model"] == model], _arm(scored, CHAT, "none")
+    rand, before = g[g["kind"] == controls.KINDS[0]], g[g["ablation"] == "none"]
+    e = controls.gap_closed(rand["aligned"], rand["question_id"], before["aligned"], before["question_id"],
+                            chat["aligned"], chat["question_id"])
+    facts = (f"{rand['unit'].nunique()} {controls.KINDS[0]} random ablations close {effect_text(e, unit='%')} of "
+             f"the gap to the chat model (paper: within ±{band:g}% of EM). Paper's measure: {em}")
+    if math.isnan(e.low):
+        return e, Verdict("not testable", f"{facts}; no interval: the gap itself is not established")
+    if -band <= e.low and e.high <= band:
+        return e, Verdict("reproduced", facts)
+    if e.low > band or e.high < -band:
+        return e, Verdict("not reproduced", facts)
+    return e, Verdict("not testable", f"{facts}; the interval is too wide to tell a change within ±{band:g}%")
+
+
+def record_ablation(ch: Chapter, scored: pd.DataFrame) -> dict[str, Verdict]:
+    """The results page's figures: each compared organism's transfer ablation (a claim of
+    ``emlib.paper.TRANSFER_CLAIMS``) and the random ablations of the direction organism. Returns the verdicts."""
+    p, out = ch.p, {}
+    for model in p.compare_organisms:
+        claim = TRANSFER_CLAIMS.get(model)
+        if claim is None:
+            continue
+        e, rank = run_effects(scored, model, "single"), rank_summary(scored, model)
+        em, _ = em_reduction_text(scored, model, "single", p.seed)
+        out[claim] = ablation_verdict(e, rank, em)
+        n = n_controls(ch, model)
+        record(p, ch.params_file, claim,
+               measure="mean aligned rise after single-direction ablation (within question), the share of the "
+                       "gap to the chat model it closes, its rank among random units; EM reduction (the paper's)",
+               value=f"mean aligned {effect_text(e['mean aligned'], unit='')}; gap closed "
+                     f"{effect_text(e['gap closed %'], unit='%')}; {em}",
+               control=f"{model} unablated; {n} anisotropy-matched and {n} Gaussian random ablations "
+                       f"({p.control_samples_per_question} answer(s) a question each)",
+               verdict=out[claim])
+    src = p.direction_organism
+    em, _ = em_reduction_text(scored[scored["kind"].isin(["none", controls.KINDS[0]])].assign(
+        ablation=lambda d: d["ablation"].where(d["kind"] == "none", "random")), src, "random", p.seed)
+    e, verdict = random_verdict(scored, src, em)
+    out["random_ablation"] = verdict
+    record(p, ch.params_file, "random_ablation",
+           measure="share of the organism's gap to the chat model in mean aligned closed by the anisotropy-matched "
+                   "random ablations (their answers together)",
+           value=f"gap closed {effect_text(e, unit='%')}; {em}",
+           control=f"{src} unablated; the chat model (the gap's other end)", verdict=verdict)
+    return out
