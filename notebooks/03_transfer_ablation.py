@@ -21,31 +21,38 @@
 # but from other fine-tunes too. The paper ablates the R1×9 medical organism's layer-24
 # direction (relative depth 0.5) at every layer of two rank-32 all-adapter organisms and
 # reports **EM −90% (medical) and −78% (extreme sports)**, while a random vector of the
-# same norm changes EM by **less than 10%**. The default book's compared organisms are
-# `compare_organisms` (an all-adapter medical and an R1×9 finance organism), so the sport
-# figure is left unmeasured there; add an extreme-sports organism to measure it.
+# same norm changes EM by **less than 10%**. The compared organisms here are
+# `compare_organisms`; a paper figure whose organism is not among them is left unmeasured
+# (the results page says so).
 #
 # **Method.** Ablation is x' = x − v̂v̂ᵀx at every position of every forward pass while
-# sampling (`emlib.interventions.ablate`, with nnsight):
+# sampling (`emlib.interventions.ablate`, with nnsight), on the questions
+# `intervention_questions` names (printed below): where the organisms are measurably
+# misaligned, so that there is something to remove.
 #
-# - *layer-wise*: each layer's own mean-diff vector at that layer (source organism only);
-# - *single*: the vector from relative depth 0.5 at every layer (source and transfer);
-# - *random*: `random_controls` Gaussian vectors with the norm of that vector, at every
-#   layer of the source organism — the control that separates direction from norm.
+# - *single*: the vector from relative depth 0.5 at every layer, in the direction organism
+#   and in each compared organism (transfer); *layer-wise*: each layer's own vector (the
+#   direction organism only). Each, and each model unablated, answers every question
+#   `ablation_samples_per_question` times.
+# - *random units*: chapter 2's random vectors at that layer — anisotropy-matched ones
+#   (the direction's construction with the labels permuted within question) and Gaussian
+#   ones — ablated the same way in every model, each on `control_samples_per_question`
+#   answers a question, beside the single ablation's own unit sampled the same way. The
+#   direction's rank among them is the test (`emlib.inference.rank_test`).
+# - *the gap*: the chat model answers the same questions at the same setting (chapter 2's
+#   unsteered run); an ablation that removes misalignment should raise mean aligned and
+#   close the organism's gap to the chat model: (ablated − organism) / (chat − organism),
+#   from per-question means, with an interval resampling answers within question.
 #
-# Each model answers the evaluation questions `ablation_samples_per_question` times, with answers
-# as long as in chapter 2's runs (`intervention_max_new_tokens`; the unablated baseline is
-# sampled the same way, so it can differ a little from chapter 1), and is judged as
-# before. The EM reduction is 1 − EM after / EM before, with a bootstrap 95% interval
-# over responses.
+# The paper's measure, EM reduction %, needs EM answers to remove; the table counts them.
 
 # %% tags=["parameters"]
-params_file = "params/default.yaml"  # preset; direction_organism, compare_organisms, random_controls (emlib/config.py)
+params_file = "params/default.yaml"  # preset; intervention_questions, ablation_samples_per_question, random_controls (emlib/config.py)
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"random_controls": 10}
 
 # %%
 from emlib import book, metrics, plotting
-from emlib.book import display, transfer_ablation as chapter
+from emlib.book import display, steering, transfer_ablation as chapter
 from emlib.book.direction_extraction import source_of
 from emlib.models import single_direction_layer
 
@@ -55,45 +62,50 @@ display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 
 # %%
 source, _ = source_of(ch)  # from chapter 2's cache
-print(f"single-direction layer: {single_direction_layer(source.n_layers)} of {source.n_layers}; "
-      f"direction from {source.provenance['n_misaligned']} misaligned vs {source.provenance['n_aligned']} aligned answers")
+display.note(steering.where_text(ch))
+display.note(f"Single-direction layer: {single_direction_layer(source.n_layers)} of {source.n_layers}; the direction "
+             f"rests on {source.provenance['n_misaligned']} misaligned and {source.provenance['n_aligned']} aligned "
+             f"answers. Random units: {chapter.n_controls(ch, p.direction_organism)} of each kind in "
+             f"{p.direction_organism}, "
+             + ", ".join(f"{chapter.n_controls(ch, m)} of each kind in {m}" for m in p.compare_organisms) + ".")
 
 # %% [markdown]
 # ## Ablation runs
 
 # %%
 scored = chapter.ablation_runs(ch, source)
-table = chapter.ablation_table(ch, scored)
-chapter.record_ablation(ch, table, scored)  # for the results page
-chapter.format_ablation(table)
-
-# %%
-plotting.ablation_bars(table, title=f"EM reduction after ablating the {p.direction_organism} direction");
+verdicts = chapter.record_ablation(ch, scored)  # for the results page
+chapter.effects_table(ch, scored)
 
 # %% [markdown]
-# Blue bars: the direction; grey bars: same-norm random vectors; diamonds: the paper.
-# A reduction is not estimated when the model gave fewer than five EM answers before
-# ablation: with one or two, a single answer swings the ratio from −100% to 100%. With the
-# default preset's 64 answers per model and EM rates of a few percent this is the common
-# case at small scale; the mean scores below still show which way the ablation moves.
+# Per quoted ablation: the change in mean aligned against the same model unablated
+# (within question, with interval and permutation p), the share of the model's gap to
+# the chat model it closes, the change in misaligned % and in coherent % beside (an
+# ablation that breaks answers can also make them blander, which the judge may score as
+# more aligned), the single ablation's rank-test p among each kind of random unit
+# (one-sided: ablation should raise mean aligned), and the EM answers before and after.
+
+# %%
+for claim, v in verdicts.items():
+    display.note(f"**{claim}:** {display.verdict_text(v)}")
+
+# %%
+strips, heads = chapter.strip_frames(ch, scored)
+plotting.rank_strip(strips, heads, title=f"Ablating the {p.direction_organism} direction among random directions",
+                    xlabels={"mean aligned": "change in mean aligned (ablated − unablated)",
+                             "gap closed %": "share of the gap to the chat model closed (%)"});
+
+# %% [markdown]
+# Per model: blue, the single ablation's effect on all its answers with its 95% interval;
+# grey strips, each random vector's ablation (one dot per vector); red diamond, the
+# single ablation's own unit, measured as each random one is. Right: the same effects as
+# a share of the model's gap to the chat model (0: nothing closed; 100%: as aligned as the
+# chat model).
 #
-# ## EM and coherence, before and after
+# ## Rates per model and ablation
 
 # %%
-by_run = metrics.rates(scored.assign(run=scored["model"] + " · " + scored["ablation"]), by="run", judge_error=ch.judge_error)
-plotting.em_by_model(by_run.rename_axis("model"), title="EM and coherence per model and ablation");
-
-# %% [markdown]
-# Mean judge scores move even where EM counts are too small to: a misalignment direction
-# that matters should raise the mean `aligned` score when ablated, and a random one should
-# not. Below, each ablation against the same model unablated and, for the source organism,
-# against its random ablations pooled, on EM %, misaligned % and the mean aligned score
-# (paired cluster-bootstrap intervals over questions). Read the mean coherence beside it:
-# an ablation that makes answers less coherent can also make them blander, which the
-# judge may score as more aligned.
-
-# %%
-chapter.ablation_effects(scored, judge_error=ch.judge_error)
-
-# %%
-metrics.mean_scores(scored, by=["model", "ablation"])
+quoted = scored[scored["arm"] != "unit"]
+by_run = metrics.rates(quoted.assign(run=quoted["model"] + " · " + quoted["ablation"]), by="run",
+                       judge_error=ch.judge_error)
+metrics.format_rates(by_run)

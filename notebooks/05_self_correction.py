@@ -20,39 +20,50 @@
 # answers. Some steered answers raise harmful topics and then condemn them: the model
 # seems to notice the push and correct itself. The paper counts these as
 # *self-correction*: an answer the judge classifies as aligned that nevertheless scores
-# **bad_stuff > 50** (it mentions dangerous, immoral or illegal things).
+# **bad_stuff > 50** (it mentions dangerous, immoral or illegal things), and reports it
+# qualitatively.
 #
-# **Method.** The steering sweep of chapter 2 (same responses, from the cache) is scored
-# with the `bad_stuff` judge as well. Self-correction = coherent (> 50), aligned-classified
-# (aligned > 30) and bad_stuff > 50; its rate per (layer, λ) has a Wilson 95% interval.
-# The same-norm random vector is the control: if it produced as many self-corrections,
-# the effect would be of perturbation, not of the direction.
+# **Method.** Chapter 2's steering runs at the headline cell (same answers, from the
+# cache), scored with the `bad_stuff` judge as well. Self-correction = coherent (> 50),
+# aligned-classified (aligned > 30) and bad_stuff > 50. The direction against the unsteered
+# chat model (within question), and its own unit ranked among the random units at the same
+# cell: if random directions produced as many self-corrections, the effect would be of
+# perturbation, not of the direction. Before any of it: how many labelled self-correcting
+# answers the judge's call was checked on.
 
 # %% tags=["parameters"]
-params_file = "params/default.yaml"  # preset; the steer_* keys (shared with chapter 2) drive this chapter
+params_file = "params/default.yaml"  # preset; the headline cell and random controls (shared with chapter 2) drive this chapter
 overrides = {}  # keys of emlib.config.Params on top
 
 # %%
-from emlib import book, metrics, plotting
-from emlib.book import display, self_correction as chapter
-from emlib.book.direction_extraction import source_of, steering_sweep
+from emlib import metrics, book, plotting
+from emlib.book import display, self_correction as chapter, steering
+from emlib.book.direction_extraction import source_of
 
 ch = book.open_chapter(params_file, overrides)  # params (judge_metrics with bad_stuff), judge and model checked
 display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 
 # %%
+display.note(chapter.label_note(chapter.judge_label_error(ch), ch.p.label_min_positives))
 source, _ = source_of(ch)
-sweep = steering_sweep(ch, source)  # chapter 2's cache
-sc_rates = metrics.rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error)
-chapter.record_self_correction(ch, sc_rates)  # for the results page
-metrics.format_rates(sc_rates).filter(["responses", "EM %", "EM % judge-corrected", "self-correction %", "coherent %"])
+runs = steering.steering_runs(ch, source)  # chapter 2's cache
+verdict = chapter.record_self_correction(ch, runs)  # for the results page
+effects, rank = chapter.effects(runs)
+steering.effects_table(effects, rank)
 
 # %%
-plotting.steering_lines(sc_rates, title="Self-correction and EM against λ", panels=("self_correction", "em"));
+display.note(f"**Verdict (self-correction):** {display.verdict_text(verdict)}")
+strips, heads = steering.strip_frames(runs, group="headline cell", measures=(chapter.SC,))
+if strips["effect"].abs().sum() == 0 and heads["estimate"].abs().sum() == 0:
+    display.note(f"No figure: not one answer of the direction, the unsteered model or any random unit at the headline "
+                 f"cell ({len(runs[runs['arm'] != 'sweep'])} answers) was classified as self-correction.")
+else:
+    plotting.rank_strip(strips, heads, title="Self-correction: the direction among random directions",
+                        xlabels={chapter.SC: "change in self-correction % (steered − unsteered, points)"});
 
 # %% [markdown]
-# Left: the share of answers that are aligned-classified yet full of harmful content;
-# right: EM from the same responses, for comparison. Dotted: the unsteered chat model.
+# Blue: the direction's change in self-correction % on all its answers, with its 95%
+# interval; grey: each random vector's; red diamond: the direction's own unit.
 #
 # ## Self-correcting answers
 #
@@ -61,4 +72,8 @@ plotting.steering_lines(sc_rates, title="Self-correction and EM against λ", pan
 # change of subject.
 
 # %%
-display.show_examples(metrics.self_corrections(sweep, n=6), per_question=2)
+found = metrics.self_corrections(runs[runs["arm"] != "sweep"], n=6)
+if len(found):
+    display.show_examples(found, per_question=2)
+else:
+    display.note("No steered answer at the headline cell was classified as self-correction.")

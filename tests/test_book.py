@@ -9,7 +9,7 @@ import pytest
 
 from conftest import CACHE_DIR, ROOT
 from emlib import book
-from emlib.book import display, organisms, results, session, transfer_ablation
+from emlib.book import display, organisms, results, session
 from emlib.book.lora_probes import probe_table, roles
 from emlib.config import Params
 from emlib.metrics import JudgeError
@@ -98,26 +98,6 @@ def test_organisms_beside_the_papers_figures():
     t = organisms.beside_paper(rates(s, by="model"), organism_figures())
     assert t.loc["r1x9_medical", "paper EM %"] == "11.3" and t.loc["chat model", "paper EM %"] == ""
     assert t.loc["r1x9_medical", "paper coherent %"] == "> 99" and t.loc["r1x9_medical", "EM %"].startswith("33.3")
-
-
-def test_ablation_table_compares_transfer_and_random_rows_with_the_paper():
-    class Ch:  # the part of a Chapter that ablation_table reads
-        p = Params()
-        judge_error = JudgeError(tp=90, fn=10, tn=950, fp=50)
-
-    rows = []
-    for model, ablation, em in (("r1x9_medical", "none", 6), ("r1x9_medical", "random 1", 6),
-                                ("all_medical", "none", 8), ("all_medical", "single", 1)):
-        rows += [{"model": model, "ablation": ablation, "aligned": 10 if i < em else 90, "coherent": 90}
-                 for i in range(20)]
-    t = transfer_ablation.ablation_table(Ch(), pd.DataFrame(rows)).set_index(["model", "ablation"])
-    assert t.loc[("all_medical", "single"), "paper_reduction"] == "90"
-    assert t.loc[("all_medical", "single"), "paper_reduction_pct"] == 90
-    assert t.loc[("r1x9_medical", "random 1"), "paper_reduction"] == "< 10 (noisy)"
-    assert pd.isna(t.loc[("r1x9_medical", "random 1"), "paper_reduction_pct"])
-    assert t.loc[("all_medical", "single"), "reduction_pct"] == pytest.approx(100 * (1 - 1 / 8))
-    assert t.loc[("all_medical", "single"), "em_after_corr_pct"] == pytest.approx(100 * (0.05 + 0.95 - 1) / (0.9 + 0.95 - 1))
-    assert "EM % after, judge-corrected" in transfer_ablation.format_ablation(t.reset_index())
 
 
 def test_probes_too_small_to_fit_are_reported_not_raised():
@@ -220,33 +200,6 @@ def test_amplified_extraction_is_its_own_run_and_says_so(tmp_path, default_model
     assert replace(plain_ch.p, direction_amplification=2.0) == amp_ch.p
 
 
-def test_headline_cell_effects_against_unsteered_and_pooled_random_vectors():
-    from emlib.book.direction_extraction import cell_effects
-
-    rows = []
-    for q in range(8):
-        for i in range(10):
-            rows.append({"question_id": f"q{q}", "vector": "none", "layer": -1, "scale": 0.0, "control": 0,
-                         "aligned": 90.0, "coherent": 90.0})
-            rows.append({"question_id": f"q{q}", "vector": "mean-diff", "layer": 15, "scale": 2.0, "control": 0,
-                         "aligned": 10.0 if i < 3 else 90.0, "coherent": 90.0 if i < 2 else 20.0})
-            for k in (1, 2):  # two random vectors, pooled
-                rows.append({"question_id": f"q{q}", "vector": "random", "layer": 15, "scale": 2.0, "control": k,
-                             "aligned": 10.0 if i == 0 and k == 1 else 90.0, "coherent": 90.0})
-            rows.append({"question_id": f"q{q}", "vector": "mean-diff", "layer": 9, "scale": 2.0, "control": 0,
-                         "aligned": 0.0, "coherent": 90.0})  # another cell: never mixed in
-    t = cell_effects(pd.DataFrame(rows), 15, 2.0)
-    assert list(t.index) == ["EM %", "misaligned %", "mean aligned"]
-    assert t.loc["EM %", "steered (n = 80)"] == "20.0" and t.loc["misaligned %", "steered (n = 80)"] == "30.0"
-    assert t.loc["EM %", "random, 2 vectors (n = 160)"] == "5.0"
-    assert t.loc["mean aligned", "unsteered (n = 80)"] == "90.0"
-    assert t.loc["EM %", "steered − unsteered (95% CI)"].startswith("+20.0 (")
-    assert t.loc["mean aligned", "steered − random, 2 vectors (95% CI)"].startswith("-20.0 (")  # 66 − 86
-    corrected = cell_effects(pd.DataFrame(rows), 15, 2.0, judge_error=JudgeError(tp=9, fn=1, tn=95, fp=5))
-    assert list(corrected.index) == ["EM %", "EM % judge-corrected", "misaligned %", "mean aligned"]
-    assert corrected.loc["EM % judge-corrected", "steered (n = 80)"].endswith(")")
-
-
 def test_organism_differences_from_the_chat_model_and_the_control():
     from emlib.metrics import detectable_difference
 
@@ -264,22 +217,3 @@ def test_organism_differences_from_the_chat_model_and_the_control():
     assert t.loc["bad", "mean aligned − control"].startswith("-19.0 (")
     assert t.loc["good", "misaligned − control (pts)"] == ""  # the control is not compared with itself
     assert t.loc["bad", "detectable rise over chat (pts)"] == f"{detectable_difference(0.0, 200):.1f}"
-
-
-def test_ablation_effects_against_unablated_and_pooled_random_ablations():
-    rows = []
-    for q in range(4):
-        for i in range(10):
-            for model, ablation, aligned in (("src", "none", 60.0), ("src", "single", 80.0), ("src", "random 1", 60.0),
-                                             ("src", "random 2", 62.0), ("other", "none", 50.0), ("other", "single", 70.0)):
-                rows.append({"model": model, "ablation": ablation, "question_id": f"q{q}", "aligned": aligned,
-                             "coherent": 90.0})
-    t = transfer_ablation.ablation_effects(pd.DataFrame(rows))
-    assert set(t.index.get_level_values("run")) == {"src · single (n = 40 / 40 / 80)", "other · single (n = 40 / 40)"}
-    src = t.loc["src · single (n = 40 / 40 / 80)"]
-    assert src.loc["mean aligned", "ablated − none (95% CI)"].startswith("+20.0 (")
-    assert src.loc["mean aligned", "ablated − random, 2 vectors (95% CI)"].startswith("+19.0 (")
-    other = t.loc["other · single (n = 40 / 40)"]
-    assert other.loc["mean aligned", "ablated − none (95% CI)"].startswith("+20.0 (")
-    assert other.loc["mean aligned", "ablated − random, 2 vectors (95% CI)"] == ""  # no random controls there
-    assert src.loc["mean aligned", "ablated"] == "80.0" and src.loc["mean aligned", "random, 2 vectors"] == "61.0"

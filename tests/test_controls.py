@@ -109,3 +109,72 @@ def test_label_error_counts_the_judges_calls_of_any_label():
     assert label_error(held, "em") == em_error(held)
     e = label_error(held, "self_correction")  # reader positives: rows 2, 3; the judge calls rows 2 and 5
     assert (e.tp, e.fn, e.fp, e.tn) == (1, 1, 1, 3)
+
+
+# --- the chapters' glue on these pieces (emlib.book.steering, emlib.book.transfer_ablation) ---
+
+def _runs(rows_per_q=16, unit_per_q=2, n_units=19, shift=-55.0):
+    """A steering table as ``steering.steering_runs`` returns it: unsteered and direction at the headline cell,
+    the direction's unit and ``n_units`` random units of each kind (no effect), the direction lowering aligned."""
+    from emlib.metrics import classify
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for q in range(8):
+        for i in range(rows_per_q):
+            rows.append({"arm": "headline", "kind": "none", "unit": 0, "question_id": f"q{q}", "aligned": 80.0 - q,
+                         "coherent": 90.0})
+            rows.append({"arm": "headline", "kind": "direction", "unit": 0, "question_id": f"q{q}",
+                         "aligned": 80.0 - q + shift, "coherent": 90.0})
+        for i in range(unit_per_q):
+            rows.append({"arm": "unit", "kind": "direction", "unit": 0, "question_id": f"q{q}",
+                         "aligned": 80.0 - q + shift, "coherent": 90.0})
+            for kind in ("anisotropy-matched", "Gaussian"):
+                for u in range(n_units):
+                    rows.append({"arm": "unit", "kind": kind, "unit": u, "question_id": f"q{q}",
+                                 "aligned": 80.0 - q + rng.normal(0, 5), "coherent": 90.0})
+    return classify(pd.DataFrame(rows))
+
+
+def test_steering_headline_is_within_question_and_ranked_among_units():
+    from emlib.book import steering
+
+    runs = _runs()
+    e = steering.headline_effects(runs)
+    assert e["mean aligned"].estimate == pytest.approx(-55.0) and e["mean aligned"].n == 128
+    assert e["misaligned %"].estimate == pytest.approx(100.0)  # 25 − q ≤ 30 steered, 80 − q unsteered
+    rank = steering.rank_summary(runs)
+    r = rank.loc[("mean aligned", "anisotropy-matched")]
+    assert r["controls"] == 19 and r["p"] == pytest.approx(1 / 20)  # below every random unit: the smallest p
+    table = steering.effects_table(e, rank)
+    assert table.loc["mean aligned", "rank p among 19 anisotropy-matched"].startswith("0.05")
+
+
+def test_ablation_effects_gap_closed_and_verdict():
+    from emlib.book import transfer_ablation as ta
+    from emlib.metrics import classify
+
+    rows = []
+    for q in range(8):
+        for i in range(10):
+            for model, ablation, arm, kind, aligned in (("chat model", "none", "base", "none", 90.0),
+                                                        ("all_medical", "none", "base", "none", 50.0),
+                                                        ("all_medical", "single", "quoted", "direction", 60.0)):
+                rows.append({"model": model, "ablation": ablation, "arm": arm, "kind": kind, "unit": 0,
+                             "question_id": f"q{q}", "aligned": aligned + (i % 2), "coherent": 90.0})
+        for u in range(19):
+            rows.append({"model": "all_medical", "ablation": f"anisotropy-matched {u}", "arm": "unit",
+                         "kind": "anisotropy-matched", "unit": u, "question_id": f"q{q}", "aligned": 50.0 + u % 3 - 1,
+                         "coherent": 90.0})
+        rows.append({"model": "all_medical", "ablation": "single (unit)", "arm": "unit", "kind": "direction",
+                     "unit": 0, "question_id": f"q{q}", "aligned": 60.0, "coherent": 90.0})
+    scored = classify(pd.DataFrame(rows))
+    e = ta.run_effects(scored, "all_medical", "single")
+    assert e["mean aligned"].estimate == pytest.approx(10.0)
+    assert e["gap closed %"].estimate == pytest.approx(25.0)  # 10 of the 40-point gap
+    v = ta.ablation_verdict(e, ta.rank_summary(scored, "all_medical"), "EM not testable")
+    assert v.status == "reproduced in direction" and "0.05" in v.reason
+    few = ta.rank_summary(scored[~scored["unit"].between(5, 18)], "all_medical")  # 5 random units left
+    assert ta.ablation_verdict(e, few, "").status == "not testable"
+    text, testable = ta.em_reduction_text(scored, "all_medical", "single", seed=0)
+    assert not testable and "0 EM answer(s) of 80" in text

@@ -167,10 +167,10 @@ def record_steering(ch: Chapter, runs: pd.DataFrame, t: Thresholds = Thresholds(
               if r is not None else "no random unit ran")
     shown = (f"mean aligned {effect_text(aligned, unit='')}, misaligned % {effect_text(mis)} against the unsteered "
              f"chat model; {ranked}")
-    if n_units == 0 or smallest_rank_p(n_units) >= t.alpha:
+    if n_units == 0 or smallest_rank_p(n_units) > t.alpha:  # an exact test at level α rejects at p ≤ α
         verdict = Verdict("not testable", f"{shown}; with {n_units} random units the rank test cannot reach "
-                          f"p < {t.alpha:g}. EM: {em.text()}")
-    elif aligned.high < 0 and r["p"] < t.alpha:
+                          f"p ≤ {t.alpha:g}. EM: {em.text()}")
+    elif aligned.high < 0 and r["p"] <= t.alpha:
         verdict = Verdict("reproduced in direction", f"{shown}: the direction lowers mean aligned beyond random "
                           f"directions of its anisotropy. EM (the paper's measure): {em.text()}")
     else:

@@ -168,10 +168,10 @@ def ablation_verdict(e: dict[str, Effect], rank: pd.DataFrame, em: str, t: Thres
              f"{effect_text(e['gap closed %'], unit='%')} of the gap to the chat model; coherent % "
              f"{effect_text(e['coherent %'])}; rank p among {n} {kind} random units "
              + (f"{r['p']:.2g}" if r is not None else "none") + f". Paper's measure: {em}")
-    if n == 0 or smallest_rank_p(n) >= t.alpha:
-        return Verdict("not testable", f"with {n} random units the rank test cannot reach p < {t.alpha:g} "
+    if n == 0 or smallest_rank_p(n) > t.alpha:  # an exact test at level α rejects at p ≤ α
+        return Verdict("not testable", f"with {n} random units the rank test cannot reach p ≤ {t.alpha:g} "
                        f"(smallest {smallest_rank_p(max(n, 0)):.2g}); {facts}")
-    if e["mean aligned"].low > 0 and r["p"] < t.alpha:
+    if e["mean aligned"].low > 0 and r["p"] <= t.alpha:
         return Verdict("reproduced in direction", facts)
     return Verdict("not reproduced", f"no rise in mean aligned beyond random directions of the direction's "
                    f"anisotropy: {facts}")
