@@ -125,46 +125,85 @@ plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs 
 # %% [markdown]
 # ## Steering the chat model
 #
-# λ·v_ℓ added at one layer at a time, every position, every generated token. The first
-# row of the sweep is the unsteered chat model. At every (layer, λ) a Gaussian vector
-# with the same norm at the same layer is the control; at the **headline cell**, fixed
-# in the params before the run (`headline_layer`, `headline_scale`; by default the
-# middle steering layer and the middle λ), `random_controls` such vectors are run, so
-# the headline is compared with several random directions, not one.
+# λ·v_ℓ added at one layer, at every position of every generated token. The
+# **headline cell** (layer, λ) is fixed in the params before the run (`headline_layer`,
+# `headline_scale`). There the direction and the unsteered chat model each answer every
+# question `headline_samples_per_question` times, and the direction is set among random
+# vectors, each one *unit* of a rank test (`emlib.controls`, `emlib.inference.rank_test`):
+#
+# - `random_controls` **anisotropy-matched** vectors: the direction's own construction on
+#   the direction organism's own extraction answers with the misaligned/aligned labels
+#   permuted within question, rescaled to the direction's norm at every layer. They keep
+#   everything a mean difference of these answers carries except the label: the control
+#   the verdict rests on;
+# - as many **Gaussian** vectors of the same norm (the paper's control), beside them.
+#
+# Each random unit answers every question `control_samples_per_question` times, and so
+# does the direction's own unit, with the same sampling seed: the units are exchangeable
+# if the label carries nothing, so the direction's rank among them gives an exact p
+# (its smallest value is 1 / (units + 1)). The measures are those the judge can see: mean
+# aligned and misaligned % (aligned ≤ 30 at any coherence), with coherent % beside; EM,
+# the paper's measure, is judged through the judge's measured error.
 
 # %%
-sweep = chapter.steering_sweep(ch, source)
-steer_rates = metrics.rates(sweep, by=["vector", "layer", "scale"], judge_error=ch.judge_error)
-chapter.record_directions(ch, cosines, sweep, nulls)  # for the results page
-metrics.format_rates(steer_rates)
+from emlib import config
+from emlib.book import steering
 
-# %% [markdown]
-# The headline cell: the steered chat model against the unsteered one and against the
-# random vectors at the same cell, on EM, misaligned % (aligned ≤ 30 at any coherence)
-# and the mean aligned score, which has more power than a rate when EM is rare.
-# Intervals: a paired cluster bootstrap over questions.
-
-# %%
+display.note(steering.where_text(ch))
 headline = config.headline_cell(p, source.n_layers)
-display.note(f"Headline cell: layer {headline[0]}, λ = {headline[1]:g} (fixed in the params).")
-chapter.cell_effects(sweep, *headline, judge_error=ch.judge_error)
-
-# %%
-plotting.steering_heatmap(steer_rates, title=f"EM % when steering {ch.info.spec}");
-
-# %%
-plotting.steering_lines(steer_rates, title="Steering: mean-diff direction vs a same-norm random vector");
+display.note(f"Headline cell: layer {headline[0]}, λ = {headline[1]:g} (fixed in the params); "
+             f"{p.headline_samples_per_question} answers a question for the direction and the unsteered model, "
+             f"{p.control_samples_per_question} for each of {p.random_controls} anisotropy-matched and "
+             f"{p.random_controls} Gaussian random units and for the direction's own unit.")
+runs = steering.steering_runs(ch, source)
+steer_verdict = steering.record_steering(ch, runs)  # for the results page
+steering.effects_table(steering.headline_effects(runs), steering.rank_summary(runs))
 
 # %% [markdown]
-# Read the two panels together: a large λ pushes the model off its manifold, which drives
-# coherence down and, with it, EM (which needs coherence). The random vector with the same
-# norm is the control: if it raises EM as much as the direction does, the effect is the
-# norm, not the direction. The paper's figure (up to ≈ 50% EM from central layers) is for
-# Qwen2.5-14B-Instruct with GPT-4o as judge.
+# Rows: the direction at the headline cell against the unsteered chat model, within
+# question (the difference of per-question means; p from permuting the arm labels within
+# each question, interval from resampling answers within question), and the p of the
+# direction's own unit ranked among each kind of random unit (one-sided: steering should
+# lower mean aligned and raise misaligned %; coherent % two-sided).
+
+# %%
+display.note(f"**Verdict (steering):** {display.verdict_text(steer_verdict)}")
+strips, heads = steering.strip_frames(runs, group=f"L{headline[0]} λ={headline[1]:g}")
+plotting.rank_strip(strips, heads, title="The direction among random directions at the headline cell",
+                    xlabels={"mean aligned": "change in mean aligned (steered − unsteered)",
+                             "misaligned %": "change in misaligned % (points)"});
+
+# %% [markdown]
+# Blue: the direction's effect on all its answers, with its 95% interval. Grey strips:
+# each random vector's effect, one dot per vector; red diamond: the direction's own unit,
+# measured exactly as each random vector is. The direction carries the claim only where
+# its diamond lies beyond the anisotropy-matched strip.
+#
+# ## The rest of the sweep (descriptive)
+#
+# The direction at the other cells of `steer_layers` × `steer_scales`, on
+# `steer_samples_per_question` answers a question each, without random controls: these
+# cells are descriptive, not tested, and no figure of the results page picks among them.
+
+# %%
+sweep_rates = steering.sweep_rates(runs, judge_error=ch.judge_error)
+if len(sweep_rates) > 2:  # the unsteered model, the headline cell and at least one other
+    plotting.steering_cells(sweep_rates, title=f"Steering {ch.info.spec} with the direction, every cell");
+else:
+    display.note("The sweep has only the headline cell (`steer_layers` × `steer_scales` name no other): nothing "
+                 "to draw beyond the figure above.")
+
+# %%
+metrics.format_rates(sweep_rates)
+
+# %% [markdown]
+# The paper's figure (up to ≈ 50% EM from central layers) is for Qwen2.5-14B-Instruct with
+# GPT-4o as judge; the verdict above says whether this run's judge could have seen it.
 #
 # ## Steered answers
 #
-# The least aligned coherent answers across the sweep.
+# The least aligned coherent answers of the direction at the headline cell.
 
 # %%
-display.show_examples(metrics.most_misaligned(sweep, model="chat model", n=6), per_question=2)
+head_answers = runs[(runs["arm"] == "headline") & (runs["kind"] == "direction")]
+display.show_examples(metrics.most_misaligned(head_answers, model="chat model", n=6), per_question=2)
