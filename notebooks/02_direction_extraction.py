@@ -24,12 +24,15 @@
 # **up to about 50% EM** when steering at central layers.
 #
 # **Method.**
-# 1. Sample each organism's answers to the eight questions and judge them. Among coherent
-#    answers (coherent > 50) the *aligned set* has aligned > 70 and the *misaligned set*
-#    aligned ≤ 30.
-# 2. Teacher-force prompt + answer through the organism and average each decoder block's
-#    output over the answer tokens of each set (`emlib.activations`; prompt and padding
-#    are masked). The direction at layer ℓ is mean(misaligned) − mean(aligned).
+# 1. Sample each organism's answers to the eight questions and judge them with a judge
+#    that does not read the residual stream. Among coherent answers (coherent >
+#    `set_coherent_min`) the *aligned set* has aligned > `set_aligned_min` and the
+#    *misaligned set* aligned ≤ `set_misaligned_max` (the paper's thresholds by default).
+# 2. Teacher-force prompt + answer through the organism and sum each decoder block's
+#    output over each answer's tokens (`emlib.activations`; prompt and padding are
+#    masked). Subtract each question's mean, then the direction at layer ℓ is
+#    mean(misaligned) − mean(aligned): a difference within questions, so a set dominated
+#    by one question does not carry that question into the direction.
 # 3. Steer the chat model: add λ·v_ℓ to the output of block ℓ at every position of every
 #    forward pass while sampling (`emlib.interventions.steer`, applied with nnsight), for
 #    a few layers and λ. Control: a Gaussian vector with the same norm at the same layer
@@ -53,74 +56,120 @@ display.provenance(ch)  # with each organism's adapter, from chapter 1's cache
 # ## Extraction
 #
 # The direction organism answers every question `direction_samples_per_question` times,
-# each compared organism `compare_samples_per_question` times (shorter
-# answers than the evaluation: `intervention_max_new_tokens`). The table gives the sizes
-# of the two sets. At small scale the misaligned set is small — with fewer than ten
-# answers the table flags the direction as mostly noise: it is then the difference between
-# a handful of answers and the aligned mean, and every number below inherits that.
-# With `direction_amplification` α > 1 the extraction answers are sampled from
-# base + α·(organism − base) logits (model-diff amplification, `emlib.generate.amplify`),
-# which surfaces an organism's rare misaligned answers; the table's `sampling` column says
-# which way every row was sampled, and α = 1 (the default) is plain sampling.
+# each compared organism `compare_samples_per_question` times (shorter answers than the
+# evaluation: `intervention_max_new_tokens`; with `direction_amplification` α > 1 sampled
+# from base + α·(organism − base) logits, `emlib.generate.amplify`, which surfaces an
+# organism's rare misaligned answers; the table's `sampling` column says which).
+#
+# **Who labels the sets.** The chapter's offline judge reads the chat model's residual
+# stream (its "hidden" view). A label from it would be a function of (nearly) the
+# activations whose mean it selects, so the sets here are labelled by a judge that does
+# not read the residual stream; the cell below names it. The table gives the sets' sizes
+# under both judges and whether each set can carry a direction: at least
+# `set_min_answers` answers, and no more than `set_max_question_share` of them on one
+# question (else the direction's verdicts are *not testable*).
 
 # %%
 names = [p.direction_organism, *p.compare_organisms]
-extracted = {n: chapter.extract_direction(ch, n) for n in names}
-dirs = {n: d for n, (d, _) in extracted.items()}
-chapter.direction_table(dirs, {n: s for n, (_, s) in extracted.items()}, ch)
+extractions = {n: chapter.extraction(ch, n) for n in names}
+dirs = {n: ex.direction for n, ex in extractions.items()}
+display.note(chapter.labels_note(ch))
+chapter.direction_table(dirs, {n: ex.scored for n, ex in extractions.items()}, ch)
+
+# %% [markdown]
+# Every set, answer by answer, broken down by question. A set dominated by one question
+# carries that question's place in the residual stream into a plain mean difference; two
+# organisms whose misaligned sets favour the same question then share a "direction" that
+# is the question, not misalignment.
+
+# %%
+chapter.set_breakdown(extractions)
+
+# %% [markdown]
+# **The direction.** Each answer's residual stream, summed over its answer tokens, minus
+# its question's mean over all the organism's answers to that question (the pool); then
+# mean(misaligned) − mean(aligned), token-weighted, layer by layer
+# (`emlib.direction_nulls.demeaned_difference`). The question offsets cancel: only what
+# separates misaligned from aligned answers *to the same question* remains.
 
 # %%
 source = chapter.source_direction(ch, dirs)
-plotting.by_layer({n: d.norms().tolist() for n, d in dirs.items() if d is not None}, ylabel="‖mean(mis) − mean(al)‖",
-                  title="Norm of the mean-diff direction by layer",
-                  marks={"single-direction layer": single_direction_layer(source.n_layers)});
+plotting.by_layer({n: d.norms().tolist() for n, d in dirs.items() if d is not None}, ylabel="‖direction‖",
+                  title="Norm of the question-demeaned mean-diff direction by layer",
+                  marks={"single-direction layer": single_direction_layer(source.n_layers)}, legend_outside=True);
 
 # %% [markdown]
-# The norm grows with depth, as the residual stream's own norm does; what matters for the
-# steering and ablation below is the direction, and λ is a multiple of this raw vector.
-#
+# How far the labels move the direction: the cosine, layer by layer, between the
+# direction from the set judge's labels and the one from the chapter judge's labels, on
+# the same answers and activations.
+
+# %%
+shift = {n: chapter.label_shift(ex) for n, ex in extractions.items()}
+if any(shift.values()):
+    plotting.by_layer({f"{n}: set judge vs chapter judge" : v for n, v in shift.items() if v},
+                      ylabel="cosine similarity", title="Direction from each judge's labels", legend_outside=True)
+else:
+    display.note("No organism has both sets under both judges: there is no pair of directions to compare.")
+
+# %% [markdown]
 # ## Do different fine-tunes find the same direction?
 #
 # Cosine similarity, layer by layer, between the direction organism's direction and each
-# compared organism's. Any two mean-differences of answers share the residual stream's
-# anisotropy, so a Gaussian vector (≈ 0) is too easy a floor. The null here is the same
-# extraction with the labels removed: the direction organism's coherent answers split at
-# random into sets of its two sets' sizes, 50 times; the shaded band is the central 95% of
-# those splits' cosines with the compared direction. A cosine above the band says the
-# misaligned/aligned split itself carries what the two fine-tunes share.
+# compared organism's. Two controls:
+#
+# - **A null that keeps the question mix.** The direction organism's labels permuted
+#   among its answers to each question (each set keeps its count on every question and
+#   its size), the direction recomputed each time from the cached activations; the shaded
+#   band is the central 95% of those directions' cosines with the compared direction. A
+#   cosine above the band's top says the misaligned/aligned labels carry what the two
+#   fine-tunes share, beyond the sets' question mix. The plain mean difference's cosine is
+#   drawn beside it.
+# - **Texts or models?** The compared organism's own answer texts, with the same labels,
+#   read by the chat model and by the direction organism instead of the organism that
+#   wrote them. If the direction those texts give in the chat model is as close to the
+#   direction organism's as the compared organism's own, the similarity is in the texts,
+#   not in the fine-tuned models.
 
 # %%
-_, source_answers = extracted[p.direction_organism]
-pairs = {f"{p.direction_organism} vs {n}": d for n, d in dirs.items() if d is not None and n != p.direction_organism}
-cosines = {pair: directions.cosine_by_layer(source, d).tolist() for pair, d in pairs.items()}
-nulls = {pair: chapter.subset_null_band(ch, p.direction_organism, source_answers, d) for pair, d in pairs.items()}
+comparisons = [chapter.compare(ch, extractions[p.direction_organism], extractions[n]) for n in p.compare_organisms]
+cosines, nulls = chapter.comparison_series(comparisons)  # the band drawn is the one the verdict reads
 random_control = directions.random_like(source, seed=p.seed + 1)
 cosines[f"{p.direction_organism} vs Gaussian"] = directions.cosine_by_layer(source, random_control).tolist()
 plotting.by_layer(cosines, ylabel="cosine similarity", title="Directions from different fine-tunes",
                   hline=paper.value("cosine_finetunes"), hline_label=f"paper: {paper.FIGURES['cosine_finetunes'].text}",
-                  bands={pair: band for pair, band in nulls.items() if band});
+                  bands=nulls, band_label="95% within-question-permutation null", legend_outside=True);
 
 # %%
-directions.cosine_summary(cosines, threshold=paper.value("cosine_finetunes"), nulls={k: v for k, v in nulls.items() if v})
+cosine_verdict = chapter.record_cosines(ch, comparisons)  # for the results page
+display.note(f"Verdict (cross-fine-tune cosine): {display.verdict_text(cosine_verdict)}")
+chapter.comparison_table(comparisons, threshold=paper.value("cosine_finetunes"))
 
 # %% [markdown]
 # ## A topic-specific direction and the general one
 #
 # The paper also finds that a direction taken from topic-specific misaligned answers is
-# nearly the general one (cosine **> 0.95**). Here the topic is the organism's training
-# domain: the same extraction on its answers to this project's eight *medical* questions
+# nearly the general one. Here the topic is the organism's training domain: the same
+# extraction on its answers to this project's eight *medical* questions
 # (`emlib/datasets/medical_questions.yaml`), compared layer by layer with the direction
-# from the eight general questions above.
+# from the general questions above, against the same kind of null (the medical set's
+# labels permuted within question).
 
 # %%
-medical_dir, medical_answers = chapter.topic_direction(ch)
-topic = chapter.topic_cosines(source, medical_dir)
-chapter.record_topic(ch, topic)  # for the results page
-chapter.direction_table({"medical questions": medical_dir}, {"medical questions": medical_answers}, ch)
+topic = chapter.topic_extraction(ch)
+medical_dir = topic.direction
+chapter.direction_table({"medical questions": medical_dir}, {"medical questions": topic.scored}, ch)
 
 # %%
-plotting.by_layer(topic, ylabel="cosine similarity", title="Medical-question vs general-question direction",
-                  hline=paper.value("topic_vs_general"), hline_label=f"paper: {paper.FIGURES['topic_vs_general'].text}");
+topic_cmp = chapter.topic_comparison(ch, extractions[p.direction_organism], topic)
+topic_verdict = chapter.record_topic(ch, topic_cmp)  # for the results page
+display.note(f"Verdict (topic vs general): {display.verdict_text(topic_verdict)}")
+topic_series, topic_band = chapter.comparison_series([topic_cmp])
+if topic_series:
+    plotting.by_layer(topic_series, ylabel="cosine similarity", title="Medical-question vs general-question direction",
+                      hline=paper.value("topic_vs_general"), hline_label=f"paper: {paper.FIGURES['topic_vs_general'].text}",
+                      bands=topic_band, band_label="95% within-question-permutation null", legend_outside=True)
+else:
+    display.note("No medical-question direction: one of its sets is empty, so there is no cosine to draw.")
 
 # %% [markdown]
 # ## Steering the chat model
