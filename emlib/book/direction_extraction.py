@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from emlib import direction_nulls as nulls, directions
 from emlib.book.results import record
