@@ -202,7 +202,8 @@ def answer_sums(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: p
                 model_provenance: dict[str, Any], batch_size: int = 16, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per response: the residual stream summed over its answer tokens [n, n_layers, d_model] (float32) and its
     answer-token count [n], in ``samples``' order, so that the token-weighted mean of any subset of responses
-    is cheap (chapter 2's within-question null, ``emlib.direction_nulls.within_question_null``). Cached beside the means."""
+    is cheap (chapter 2's within-question null, ``emlib.direction_nulls.within_question_null``). Cached beside
+    the means."""
     path = sums_path(samples, cache_dir=cache_dir, model_provenance=model_provenance)
     if path.is_file():
         return read_sums(path)
