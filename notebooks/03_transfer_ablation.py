@@ -47,7 +47,7 @@
 # The paper's measure, EM reduction %, needs EM answers to remove; the table counts them.
 
 # %% tags=["parameters"]
-params_file = "params/default.yaml"  # preset; intervention_questions, ablation_samples_per_question, random_controls (emlib/config.py)
+params_file = "params/default.yaml"  # preset; intervention_questions, ablation_* and random_controls (emlib/config.py)
 overrides = {}  # keys of emlib.config.Params on top, e.g. {"random_controls": 10}
 
 # %%

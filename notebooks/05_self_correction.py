@@ -32,7 +32,7 @@
 # answers the judge's call was checked on.
 
 # %% tags=["parameters"]
-params_file = "params/default.yaml"  # preset; the headline cell and random controls (shared with chapter 2) drive this chapter
+params_file = "params/default.yaml"  # preset; the headline cell and its random controls (chapter 2's) drive it
 overrides = {}  # keys of emlib.config.Params on top
 
 # %%

@@ -59,8 +59,8 @@ def record_self_correction(ch: Chapter, runs: pd.DataFrame) -> Verdict:
     value = f"self-correction % {effect_text(sc)} (direction − unsteered, within question); {ranked}"
     positives = None if e is None else e.tp + e.fn
     if positives is not None and positives < p.label_min_positives:
-        verdict = Verdict("not testable", f"the judge's self-correction call rests on {positives} labelled positive(s), "
-                          f"fewer than {p.label_min_positives}: its sensitivity is not measured; {value}")
+        verdict = Verdict("not testable", f"the judge's self-correction call rests on {positives} labelled "
+                          f"positive(s), fewer than {p.label_min_positives}: its sensitivity is not measured; {value}")
     else:
         verdict = Verdict("descriptive", f"the paper reports self-correction qualitatively; {value}"
                           + ("" if e is None else f"; judge's call: {e.tp} of {positives} labelled positives found"))

@@ -168,7 +168,7 @@ def record_steering(ch: Chapter, runs: pd.DataFrame, t: Thresholds = Thresholds(
     shown = (f"mean aligned {effect_text(aligned, unit='')}, misaligned % {effect_text(mis)} against the unsteered "
              f"chat model; {ranked}")
     if n_units == 0 or smallest_rank_p(n_units) > t.alpha:  # an exact test at level α rejects at p ≤ α
-        verdict = Verdict("not testable", f"{shown}; with {n_units} random units the rank test cannot reach "
+        verdict = Verdict("not testable", f"{shown}; with {n_units} random unit(s) the rank test cannot reach "
                           f"p ≤ {t.alpha:g}. EM: {em.text()}")
     elif aligned.high < 0 and r["p"] <= t.alpha:
         verdict = Verdict("reproduced in direction", f"{shown}: the direction lowers mean aligned beyond random "

@@ -27,6 +27,12 @@ ABLATION_ALTERNATIVES = {"mean aligned": "greater", "misaligned %": "less", "coh
 CHAT = "chat model"
 
 
+def gap_text(e: Effect) -> str:
+    """A gap-closed effect as text, saying so where it has no interval (the gap itself not established)."""
+    return effect_text(e, unit="%") + (" (no interval: the gap itself is not established)"
+                                       if math.isnan(e.low) and not math.isnan(e.estimate) else "")
+
+
 def n_controls(ch: Chapter, model: str) -> int:
     """Random vectors of each kind ablated in ``model``: ``random_controls`` in the direction organism,
     ``transfer_random_controls`` (default: as many) in every transfer target."""
@@ -57,8 +63,8 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
         if model == p.direction_organism:
             runs.append((model, "layer-wise", "quoted", "direction", 0, ablate(direction.by_layer(), "layer-wise"),
                          p.ablation_samples_per_question))
-        runs.append((model, "single (unit)", "unit", "direction", 0, ablate(everywhere(direction.vectors[layer]), "single"),
-                     p.control_samples_per_question))
+        runs.append((model, "single (unit)", "unit", "direction", 0,
+                     ablate(everywhere(direction.vectors[layer]), "single"), p.control_samples_per_question))
         for kind, vs in vecs.items():
             runs += [(model, f"{kind} {k}", "unit", kind, k, ablate(everywhere(v.vectors[layer]), f"{kind} {k}"),
                       p.control_samples_per_question) for k, v in enumerate(vs[:n_controls(ch, model)])]
@@ -98,7 +104,8 @@ def run_effects(scored: pd.DataFrame, model: str, ablation: str) -> dict[str, Ef
 
 
 def rank_summary(scored: pd.DataFrame, model: str) -> pd.DataFrame:
-    """``emlib.controls.rank_table`` of ``model``'s single-ablation unit among its random units, against it unablated."""
+    """``emlib.controls.rank_table`` of ``model``'s single-ablation unit among its random units (against it
+    unablated)."""
     g = scored[scored["model"] == model]
     return controls.rank_table(g[g["arm"] == "unit"], g[g["ablation"] == "none"], ABLATION_ALTERNATIVES)
 
@@ -118,7 +125,7 @@ def effects_table(ch: Chapter, scored: pd.DataFrame) -> pd.DataFrame:
             row = {"model": model, "ablation": ablation, "answers (after / before)": f"{len(after)} / {len(before)}",
                    "mean aligned before": f"{before['aligned'].mean():.1f}",
                    "mean aligned change": effect_text(e["mean aligned"], unit=""),
-                   "gap to chat closed": effect_text(e["gap closed %"], unit="%"),
+                   "gap to chat closed": gap_text(e["gap closed %"]),
                    "misaligned % change": effect_text(e["misaligned %"]),
                    "coherent % change": effect_text(e["coherent %"]),
                    "EM answers before → after": f"{int(before['em'].sum())} → {int(after['em'].sum())}"}
@@ -165,11 +172,11 @@ def ablation_verdict(e: dict[str, Effect], rank: pd.DataFrame, em: str, t: Thres
     r = rank.loc[("mean aligned", kind)] if ("mean aligned", kind) in rank.index else None
     n = int(r["controls"]) if r is not None else 0
     facts = (f"mean aligned {effect_text(e['mean aligned'], unit='')} after ablation, closing "
-             f"{effect_text(e['gap closed %'], unit='%')} of the gap to the chat model; coherent % "
+             f"{gap_text(e['gap closed %'])} of the gap to the chat model; coherent % "
              f"{effect_text(e['coherent %'])}; rank p among {n} {kind} random units "
              + (f"{r['p']:.2g}" if r is not None else "none") + f". Paper's measure: {em}")
     if n == 0 or smallest_rank_p(n) > t.alpha:  # an exact test at level α rejects at p ≤ α
-        return Verdict("not testable", f"with {n} random units the rank test cannot reach p ≤ {t.alpha:g} "
+        return Verdict("not testable", f"with {n} random unit(s) the rank test cannot reach p ≤ {t.alpha:g} "
                        f"(smallest {smallest_rank_p(max(n, 0)):.2g}); {facts}")
     if e["mean aligned"].low > 0 and r["p"] <= t.alpha:
         return Verdict("reproduced in direction", facts)
@@ -187,7 +194,7 @@ def random_verdict(scored: pd.DataFrame, model: str, em: str, t: Thresholds = Th
     rand, before = g[g["kind"] == controls.KINDS[0]], g[g["ablation"] == "none"]
     e = controls.gap_closed(rand["aligned"], rand["question_id"], before["aligned"], before["question_id"],
                             chat["aligned"], chat["question_id"])
-    facts = (f"{rand['unit'].nunique()} {controls.KINDS[0]} random ablations close {effect_text(e, unit='%')} of "
+    facts = (f"{rand['unit'].nunique()} {controls.KINDS[0]} random ablation(s) close {effect_text(e, unit='%')} of "
              f"the gap to the chat model (paper: within ±{band:g}% of EM). Paper's measure: {em}")
     if math.isnan(e.low):
         return e, Verdict("not testable", f"{facts}; no interval: the gap itself is not established")
@@ -214,7 +221,7 @@ def record_ablation(ch: Chapter, scored: pd.DataFrame) -> dict[str, Verdict]:
                measure="mean aligned rise after single-direction ablation (within question), the share of the "
                        "gap to the chat model it closes, its rank among random units; EM reduction (the paper's)",
                value=f"mean aligned {effect_text(e['mean aligned'], unit='')}; gap closed "
-                     f"{effect_text(e['gap closed %'], unit='%')}; {em}",
+                     f"{gap_text(e['gap closed %'])}; {em}",
                control=f"{model} unablated; {n} anisotropy-matched and {n} Gaussian random ablations "
                        f"({p.control_samples_per_question} answer(s) a question each)",
                verdict=out[claim])
@@ -226,6 +233,6 @@ def record_ablation(ch: Chapter, scored: pd.DataFrame) -> dict[str, Verdict]:
     record(p, ch.params_file, "random_ablation",
            measure="share of the organism's gap to the chat model in mean aligned closed by the anisotropy-matched "
                    "random ablations (their answers together)",
-           value=f"gap closed {effect_text(e, unit='%')}; {em}",
+           value=f"gap closed {gap_text(e)}; {em}",
            control=f"{src} unablated; the chat model (the gap's other end)", verdict=verdict)
     return out
