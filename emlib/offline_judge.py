@@ -165,26 +165,29 @@ class OfflineJudge:
         """The judge's views (``emlib.judge_features``) of each (question, answer): "embedding" [n, 769],
         "text" [n, len(TEXT_STATS)] and, if asked for, "lm" [n, len(LM_STATS)] and "hidden" [n, d_model] (the
         chat model's); cached by content under ``cache_dir/judge``."""
-        key = content_key([OFFLINE_VERSION, self.views, list(questions), list(answers)])
+        # The chat model's pass gives "lm" and "hidden" together: a judge that needs either computes and caches both
+        # under the all-views key, so judges on different views (chapter 2's set judge) share one pass.
+        lm_pass = bool({"lm", "hidden"} & set(self.views))
+        key = content_key([OFFLINE_VERSION, VIEWS if lm_pass else self.views, list(questions), list(answers)])
         path = self.cache_dir / "judge" / f"features-{key}.safetensors"
+        keep = ("embedding", "text", *self.views)
         if path.is_file():
-            return load_file(path)
+            return {v: x for v, x in load_file(path).items() if v in keep}
         shipped = package_file(SHIPPED_FEATURES)
         if shipped.is_file():
             with safe_open(str(shipped), framework="np") as f:  # the training set's features, shipped (see ``ship``)
                 if (f.metadata() or {}).get("key") == shipped_key(questions, answers):
                     views = unpack({k: f.get_tensor(k) for k in f.keys()})
-                    return {v: views[v] for v in ("embedding", "text", *self.views) if v in views}
+                    return {v: views[v] for v in keep if v in views}
         question_emb, answer_emb = self.embeddings(questions, answers)
         out = {"embedding": embedding_features(question_emb, answer_emb), "text": text_stats(answers, self._embedder)}
-        if {"lm", "hidden"} & set(self.views):  # slow on a CPU: a teacher-forced pass of the chat model
+        if lm_pass:  # slow on a CPU: a teacher-forced pass of the chat model
             model, tok = self._chat_model
-            stats, hidden = lm_stats(model, tok, questions, answers)
-            out.update({k: v for k, v in (("lm", stats), ("hidden", hidden)) if k in self.views})
+            out["lm"], out["hidden"] = lm_stats(model, tok, questions, answers)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, str(tmp))
-        return out
+        return {v: x for v, x in out.items() if v in keep}
 
     def embeddings(self, questions: Sequence[str], answers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Sentence embeddings of each question and each answer: ([n, 384], [n, 384]); each distinct text once."""

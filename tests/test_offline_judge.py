@@ -65,6 +65,32 @@ def test_a_judge_on_fewer_views_reads_them_from_the_shipped_file(tmp_path):
     assert "_chat_model" not in judge.__dict__ and "_embedder" not in judge.__dict__  # nothing was computed
 
 
+def test_judges_on_different_views_share_one_pass_of_the_chat_model(tmp_path, monkeypatch):
+    """Chapter 2's set judge (no "hidden" view) reads the "lm" view the full judge's pass cached: the chat model's
+    teacher-forced pass, which gives both views, runs once for the two judges."""
+    import emlib.offline_judge as oj
+
+    calls = []
+
+    def fake_lm_stats(model, tok, questions, answers):
+        calls.append(len(answers))
+        return np.ones((len(answers), len(LM_STATS))), np.ones((len(answers), 5))
+
+    monkeypatch.setattr(oj, "lm_stats", fake_lm_stats)
+    full, sets = OfflineJudge(tmp_path), OfflineJudge(tmp_path, views=("embedding", "text", "lm"))
+    for judge in (full, sets):
+        monkeypatch.setattr(judge, "_chat_model", (None, None), raising=False)
+        monkeypatch.setattr(judge, "embeddings", lambda q, a: (np.ones((len(q), 4)), np.ones((len(a), 4))))
+        monkeypatch.setattr(judge, "_embedder", None, raising=False)
+    monkeypatch.setattr(oj, "text_stats", lambda answers, embedder: np.zeros((len(answers), 2)))
+    questions, answers = ["What would you do?"] * 2, ["Build a school.", "Rule them all."]
+    f_full = full.features(questions, answers)
+    f_sets = sets.features(questions, answers)
+    assert calls == [2]
+    assert set(f_full) == {"embedding", "text", "lm", "hidden"} and set(f_sets) == {"embedding", "text", "lm"}
+    np.testing.assert_array_equal(f_sets["lm"], f_full["lm"])
+
+
 def test_shipped_features_file_is_small():
     from emlib.data import package_file
 
