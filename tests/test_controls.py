@@ -178,3 +178,19 @@ def test_ablation_effects_gap_closed_and_verdict():
     assert ta.ablation_verdict(e, few, "").status == "not testable"
     text, testable = ta.em_reduction_text(scored, "all_medical", "single", seed=0)
     assert not testable and "0 EM answer(s) of 80" in text
+
+
+def test_rank_strip_draws_every_unit_and_the_directions_interval():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from emlib.book import steering
+    from emlib.plotting import rank_strip
+
+    strips, heads = steering.strip_frames(_runs(), group="L15 λ=2")
+    fig = rank_strip(strips, heads, title="t")
+    assert len(fig.axes) == 2  # mean aligned and misaligned %, each with data
+    for ax in fig.axes:
+        assert len(ax.collections) >= 3  # two strips of random units and the direction's unit
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
+        "L15 λ=2 · direction", "L15 λ=2 · anisotropy-matched", "L15 λ=2 · Gaussian"]

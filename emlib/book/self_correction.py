@@ -31,7 +31,7 @@ def label_note(e: JudgeError | None, min_positives: int) -> str:
         return "The judge has not been validated on labelled answers here: its self-correction calls are unchecked."
     k = e.tp + e.fn
     text = (f"Readers labelled {k} of {k + e.tn + e.fp} held-out answers self-correcting (coherent, aligned, "
-            f"bad_stuff > 50); the judge calls {e.tp + e.fp}, {e.tp} of them right")
+            f"bad_stuff > 50); the judge calls {e.tp + e.fp} of them self-correcting, {e.tp} rightly")
     return text + (f": fewer than {min_positives} labelled positives (`label_min_positives`), too few to measure its "
                    "sensitivity, so no self-correction rate here can be read as one." if k < min_positives
                    else f" (sensitivity {e.sensitivity:.2f}, specificity {e.specificity:.3f}).")
