@@ -65,9 +65,9 @@ source, _ = source_of(ch)  # from chapter 2's cache
 display.note(steering.where_text(ch))
 display.note(f"Single-direction layer: {single_direction_layer(source.n_layers)} of {source.n_layers}; the direction "
              f"rests on {source.provenance['n_misaligned']} misaligned and {source.provenance['n_aligned']} aligned "
-             f"answers. Random units: {chapter.n_controls(ch, p.direction_organism)} of each kind in "
-             f"{p.direction_organism}, "
-             + ", ".join(f"{chapter.n_controls(ch, m)} of each kind in {m}" for m in p.compare_organisms) + ".")
+             f"answers. Random units (anisotropy-matched + Gaussian): "
+             + ", ".join(f"{chapter.n_controls(ch, m)} + {chapter.n_controls(ch, m, 'Gaussian')} in {m}"
+                         for m in [p.direction_organism, *p.compare_organisms]) + ".")
 
 # %% [markdown]
 # ## Ablation runs

@@ -3,7 +3,7 @@ chapter 3 the same random control vectors and the same unsteered chat model.
 
 Where: the questions ``intervention_questions`` names. What: one headline cell (layer, λ) fixed in the params, the
 direction and the unsteered chat model each on ``headline_samples_per_question`` answers a question; at that cell
-``random_controls`` anisotropy-matched and as many Gaussian random vectors (``emlib.controls``), each one unit of
+``random_controls`` anisotropy-matched and ``gaussian_controls`` Gaussian random vectors (``emlib.controls``), each one unit of
 a rank test on ``control_samples_per_question`` answers a question, beside the direction's own unit (sampled the
 same way, with the same seed); the other (layer, λ) cells of ``steer_layers`` × ``steer_scales``, descriptive, on
 ``steer_samples_per_question``.
@@ -18,7 +18,7 @@ from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
 from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
-from emlib.config import headline_cell, steering_layers
+from emlib.config import Params, headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
 from emlib.inference import Effect, Verdict, rise_verdict, smallest_rank_p, within_question_effect
@@ -48,9 +48,9 @@ def where_text(ch: Chapter) -> str:
 
 
 def control_vectors(ch: Chapter, direction: Directions) -> dict[str, list[Directions]]:
-    """``random_controls`` random vectors of each kind of ``emlib.controls.KINDS`` for ``direction``: its own
-    construction on the direction organism's extraction answers with the labels permuted within question
-    (chapter 2's cached extraction and activations) and Gaussian ones, all at the direction's norm per layer.
+    """``random_controls`` anisotropy-matched random vectors for ``direction`` (its own construction on the
+    direction organism's extraction answers with the labels permuted within question: chapter 2's cached
+    extraction and activations) and ``gaussian_controls`` Gaussian ones, all at the direction's norm per layer.
     Chapters 2 and 3 (the same vectors: the same seeds)."""
     from emlib.book.direction_extraction import extraction
 
@@ -58,7 +58,12 @@ def control_vectors(ch: Chapter, direction: Directions) -> dict[str, list[Direct
     ex = extraction(ch, p.direction_organism)
     return {"anisotropy-matched": controls.anisotropy_matched(ex.sums, ex.tokens, ex.questions, ex.labels, direction,
                                                               p.random_controls, seed=p.seed + CONTROL_SEED),
-            "Gaussian": controls.gaussian(direction, p.random_controls, seed=p.seed + CONTROL_SEED)}
+            "Gaussian": controls.gaussian(direction, n_gaussian(p), seed=p.seed + CONTROL_SEED)}
+
+
+def n_gaussian(p: Params) -> int:
+    """Gaussian random vectors per quoted cell: ``gaussian_controls``, or as many as ``random_controls``."""
+    return p.random_controls if p.gaussian_controls is None else p.gaussian_controls
 
 
 def steering_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
@@ -183,7 +188,7 @@ def record_steering(ch: Chapter, runs: pd.DataFrame, t: Thresholds = Thresholds(
                  f"{effect_text(effects['EM %'])}; rank p (mean aligned) "
                  + (f"{r['p']:.2g} of {n_units} units" if r is not None else "none"),
            control=f"unsteered chat model ({aligned.n_base} answers); {p.random_controls} anisotropy-matched and "
-                   f"{p.random_controls} Gaussian random vectors at the same cell, {p.control_samples_per_question} "
+                   f"{n_gaussian(p)} Gaussian random vectors at the same cell, {p.control_samples_per_question} "
                    "answer(s) a question each",
            verdict=verdict)
     return verdict

@@ -14,7 +14,7 @@ from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
 from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
-from emlib.book.steering import control_vectors, intervention_questions
+from emlib.book.steering import control_vectors, intervention_questions, n_gaussian
 from emlib.directions import Directions
 from emlib.inference import Effect, Verdict, smallest_rank_p, within_question_effect
 from emlib.interventions import Intervention, ablate
@@ -33,12 +33,14 @@ def gap_text(e: Effect) -> str:
                                        if math.isnan(e.low) and not math.isnan(e.estimate) else "")
 
 
-def n_controls(ch: Chapter, model: str) -> int:
-    """Random vectors of each kind ablated in ``model``: ``random_controls`` in the direction organism,
-    ``transfer_random_controls`` (default: as many) in every transfer target."""
+def n_controls(ch: Chapter, model: str, kind: str = controls.KINDS[0]) -> int:
+    """Random vectors of ``kind`` ablated in ``model``: in the direction organism ``random_controls``
+    anisotropy-matched and ``gaussian_controls`` Gaussian ones; in every transfer target at most
+    ``transfer_random_controls`` of each (default: as many as in the direction organism)."""
     p = ch.p
-    return p.random_controls if model == p.direction_organism or p.transfer_random_controls is None \
-        else min(p.transfer_random_controls, p.random_controls)
+    most = p.random_controls if kind == controls.KINDS[0] else n_gaussian(p)
+    return most if model == p.direction_organism or p.transfer_random_controls is None \
+        else min(p.transfer_random_controls, most)
 
 
 def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
@@ -67,7 +69,7 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
                      ablate(everywhere(direction.vectors[layer]), "single"), p.control_samples_per_question))
         for kind, vs in vecs.items():
             runs += [(model, f"{kind} {k}", "unit", kind, k, ablate(everywhere(v.vectors[layer]), f"{kind} {k}"),
-                      p.control_samples_per_question) for k, v in enumerate(vs[:n_controls(ch, model)])]
+                      p.control_samples_per_question) for k, v in enumerate(vs[:n_controls(ch, model, kind)])]
     tables = []
     for model, name, arm, kind, k, iv, spq in tqdm(runs, desc="ablation runs"):
         ft = None if model == CHAT else ch.ready[model]
@@ -216,13 +218,13 @@ def record_ablation(ch: Chapter, scored: pd.DataFrame) -> dict[str, Verdict]:
         e, rank = run_effects(scored, model, "single"), rank_summary(scored, model)
         em, _ = em_reduction_text(scored, model, "single", p.seed)
         out[claim] = ablation_verdict(e, rank, em)
-        n = n_controls(ch, model)
         record(p, ch.params_file, claim,
                measure="mean aligned rise after single-direction ablation (within question), the share of the "
                        "gap to the chat model it closes, its rank among random units; EM reduction (the paper's)",
                value=f"mean aligned {effect_text(e['mean aligned'], unit='')}; gap closed "
                      f"{gap_text(e['gap closed %'])}; {em}",
-               control=f"{model} unablated; {n} anisotropy-matched and {n} Gaussian random ablations "
+               control=f"{model} unablated; {n_controls(ch, model)} anisotropy-matched and "
+                       f"{n_controls(ch, model, controls.KINDS[1])} Gaussian random ablations "
                        f"({p.control_samples_per_question} answer(s) a question each)",
                verdict=out[claim])
     src = p.direction_organism
