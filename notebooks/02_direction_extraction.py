@@ -185,7 +185,8 @@ else:
 #   permuted within question, rescaled to the direction's norm at every layer. They keep
 #   everything a mean difference of these answers carries except the label: the control
 #   the verdict rests on;
-# - as many **Gaussian** vectors of the same norm (the paper's control), beside them.
+# - `gaussian_controls` **Gaussian** vectors of the same norm (the paper's control), beside
+#   them.
 #
 # Each random unit answers every question `control_samples_per_question` times, and so
 # does the direction's own unit, with the same sampling seed: the units are exchangeable
@@ -203,7 +204,7 @@ headline = config.headline_cell(p, source.n_layers)
 display.note(f"Headline cell: layer {headline[0]}, λ = {headline[1]:g} (fixed in the params); "
              f"{p.headline_samples_per_question} answers a question for the direction and the unsteered model, "
              f"{p.control_samples_per_question} for each of {p.random_controls} anisotropy-matched and "
-             f"{p.random_controls} Gaussian random units and for the direction's own unit.")
+             f"{steering.n_gaussian(p)} Gaussian random units and for the direction's own unit.")
 runs = steering.steering_runs(ch, source)
 steer_verdict = steering.record_steering(ch, runs)  # for the results page
 steering.effects_table(steering.headline_effects(runs), steering.rank_summary(runs))
