@@ -4,7 +4,8 @@
 - ``session``: ``open_chapter``, where every chapter starts (checked params, judge, questions, models
   loaded only on a cache miss);
 - ``display``: provenance, the params table, the judge note, example answers;
-- ``chat_model`` (chapter 0), ``organisms`` (1), ``direction_extraction`` (2), ``transfer_ablation`` (3),
+- ``chat_model`` (chapter 0), ``organisms`` (1), ``direction_extraction`` (2), ``steering`` (2's second half;
+  3 and 5 read its runs and control vectors), ``transfer_ablation`` (3),
   ``lora_probes`` (4), ``self_correction`` (5);
 - ``results``: what the chapters record for the results page, and the page's table.
 """
