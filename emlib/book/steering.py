@@ -3,10 +3,11 @@ chapter 3 the same random control vectors and the same unsteered chat model.
 
 Where: the questions ``intervention_questions`` names. What: one headline cell (layer, λ) fixed in the params, the
 direction and the unsteered chat model each on ``headline_samples_per_question`` answers a question; at that cell
-``random_controls`` anisotropy-matched and ``gaussian_controls`` Gaussian random vectors (``emlib.controls``), each one unit of
-a rank test on ``control_samples_per_question`` answers a question, beside the direction's own unit (sampled the
-same way, with the same seed); the other (layer, λ) cells of ``steer_layers`` × ``steer_scales``, descriptive, on
-``steer_samples_per_question``.
+``random_controls`` anisotropy-matched and ``gaussian_controls`` Gaussian random vectors (``emlib.controls``), each
+one unit of a rank test on ``control_samples_per_question`` answers a question, beside the direction's own unit
+(sampled the same way, with the same seed: under the null the direction is one more within-question label
+permutation, so the units are exchangeable and the test exact); the other (layer, λ) cells of ``steer_layers`` ×
+``steer_scales``, descriptive, on ``steer_samples_per_question``.
 """
 
 from __future__ import annotations
