@@ -156,7 +156,8 @@ def by_layer(series: dict[str, list[float]], ylabel: str, title: str, marks: dic
     return fig
 
 
-KIND_STYLE = {"anisotropy-matched": {"color": "#8c8c8c", "marker": "o"}, "Gaussian": {"color": "#c7c7c7", "marker": "s"}}
+KIND_STYLE = {"anisotropy-matched": {"color": "#8c8c8c", "marker": "o"},
+              "Gaussian": {"color": "#c7c7c7", "marker": "s"}}
 
 
 def rank_strip(units: pd.DataFrame, heads: pd.DataFrame, title: str, xlabels: dict[str, str] | None = None) -> Figure:
@@ -181,8 +182,9 @@ def rank_strip(units: pd.DataFrame, heads: pd.DataFrame, title: str, xlabels: di
                 h = heads[(heads["group"] == g) & (heads["measure"] == m)]
                 if len(h):
                     h = h.iloc[0]
-                    ax.errorbar([h["estimate"]], [y], xerr=[[max(0, h["estimate"] - h["low"])], [max(0, h["high"] - h["estimate"])]],
-                                fmt="o", color="#4c72b0", capsize=3, label="direction, all its answers (95% CI)")
+                    err = [[max(0, h["estimate"] - h["low"])], [max(0, h["high"] - h["estimate"])]]
+                    ax.errorbar([h["estimate"]], [y], xerr=err, fmt="o", color="#4c72b0", capsize=3,
+                                label="direction, all its answers (95% CI)")
                 continue
             u = units[(units["group"] == g) & (units["measure"] == m)]
             c = u[u["kind"] == r]["effect"]
@@ -218,13 +220,14 @@ def steering_cells(rates: pd.DataFrame, title: str = "The direction at every cel
     layers = sorted(steered["layer"].unique())
     palette = dict(zip(layers, sns.color_palette("deep", len(layers))))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), squeeze=False)
-    for ax, (point, lo, hi, label) in zip(axes[0], (("aligned_mean", "aligned_lo", "aligned_hi", "mean aligned"),
-                                                    ("misaligned_pct", "misaligned_lo", "misaligned_hi", "misaligned %"))):
+    panels = (("aligned_mean", "aligned_lo", "aligned_hi", "mean aligned"),
+              ("misaligned_pct", "misaligned_lo", "misaligned_hi", "misaligned %"))
+    for ax, (point, lo, hi, label) in zip(axes[0], panels):
         for k, layer in enumerate(layers):
             sub = steered[steered["layer"] == layer].sort_values("scale")
             x = [pos[s] + (k - (len(layers) - 1) / 2) * 0.08 for s in sub["scale"]]
-            ax.errorbar(x, sub[point], yerr=[(sub[point] - sub[lo]).clip(lower=0), (sub[hi] - sub[point]).clip(lower=0)],
-                        marker="o", ls="-", color=palette[layer], capsize=2,
+            err = [(sub[point] - sub[lo]).clip(lower=0), (sub[hi] - sub[point]).clip(lower=0)]
+            ax.errorbar(x, sub[point], yerr=err, marker="o", ls="-", color=palette[layer], capsize=2,
                         label=f"layer {layer} (n = {', '.join(str(n) for n in sub['n'])})")
         if not base.empty:
             ax.axhline(float(base[point].iloc[0]), color="black", lw=1, ls=":",
