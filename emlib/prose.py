@@ -6,25 +6,33 @@ markdown cell of a jupytext percent notebook (``# %% [markdown]``) and lists eac
 of the justified kinds below; ``python -m emlib.prose`` prints them as ``file:line: number: context`` over
 ``notebooks/[0-9]*.py`` and exits 1 when there are any. Used by ``tests/test_prose.py`` (every chapter).
 
-Allowed kinds (each recognised by the span it sits in, ``ALLOWED_KINDS``):
+Allowed kinds (each recognised by the span it sits in; a form may wrap onto the next line of its paragraph):
 
-- *heading*: a chapter or section number at the start of a heading (``# 3. Ablating …``);
+- *heading*: a chapter or section number at the start of a heading (``# 3. Ablating …``); *list*: an item's
+  number at the start of a line (``1. Sample …``);
 - *chapter*: a cross-reference to a chapter (``chapter 2``, ``chapters 2–5``);
-- *citation*: a year in a citation (``(2025)``, ``Nanda, 2025``, ``et al. 2025``) or an arXiv id;
-- *math*: anything inside inline or display math (``$…$``, ``\\(…\\)``) and the unit constant of a formula
-  (``1/√d``);
-- *threshold*: a score threshold in its definition form (``aligned ≤ 30``, ``coherent > 50``, ``bad_stuff > 30``)
-  whose number equals the ``metrics.Thresholds`` default for that score (the paper's definitions); a threshold
-  of another value is a param's and is flagged;
+- *citation*: a year in a citation (``(2025)``, ``Soligo, 2025``, ``et al. 2025``) or an arXiv id;
+- *math*: anything inside inline or display math (``$…$``, ``\\(…\\)``), and a formula's unit constants:
+  ``1/√d``, ``1 / (units + 1)``, a Greek symbol compared with 0 or 1 (``α > 1``; ``α = 1`` is a value, flagged);
+- *null value*: 0 as the value an interval excludes, includes, crosses, is above or below, and the anchors of
+  a share (``0: nothing closed; 100%: …``);
 - *scale*: the judge's 0–100 scale;
 - *method name*: the paper's organism names (``R1×9``, ``rank-1``, ``rank-32``: the ranks of
   ``train.preset_spec``);
-- *paper*: a number of the paper's (a number in an ``emlib.paper.FIGURES`` text or value,
-  ``emlib.paper.COSINE_LAYERS_ALLOWED_BELOW``, or the paper's layer constants in ``emlib.models``) in a paragraph
-  that names the paper.
+- *threshold*: a score threshold in its definition form (``aligned ≤ 30``, ``coherent > 50``, ``bad_stuff > 30``)
+  whose number equals the ``metrics.Thresholds`` default for that score (the paper's definitions); a threshold
+  of another value is a param's and is flagged;
+- *interval level*: ``95% interval`` / ``95% CI`` / ``the central 95%`` where 95 = 100·(1 − ``Thresholds.alpha``);
+- *paper*: ``relative depth 0.5`` (the paper's direction layer over its layer count, ``emlib.models``), and any
+  number of the paper's (``paper_numbers``: a number in an ``emlib.paper.FIGURES`` text or value,
+  ``COSINE_LAYERS_ALLOWED_BELOW``, the paper's layer constants in ``emlib.models``, the paper's sampling setting
+  in ``params/paper.yaml``) in a paragraph that names the paper.
 
 Everything else is flagged: a count of answers, a λ, a layer of this model, a param's default, a measured figure.
 Digits inside a name (``SmolLM2-135M``, ``Qwen2.5-14B``, ``r1x9``, ``00_chat_model``, ``1e-3``) are not numbers.
+What the check cannot see: a number of an allowed form used for another quantity (``coherent > 50`` written
+where a param set the floor at 20, or a paper number in a sentence about this run in a paragraph that names the
+paper) — it lists literals, it does not read them.
 """
 
 from __future__ import annotations
@@ -44,14 +52,17 @@ from emlib.metrics import Thresholds
 _NUMBER = re.compile(r"(?<![\w.,])(?:\d+(?:\.\d+)?e[-−]?\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\w])")
 _SCIENTIFIC = re.compile(r"\d+(?:\.\d+)?e[-−]?\d+$")
 _RANGE = r"\s*(?:–|-|,|and|or|to)\s*"
-_THRESHOLD = re.compile(r"\b(aligned|coherent|bad_stuff|bad stuff)`?(?:\s+score)?\s*\(?\s*(≤|<=|<|≥|>=|>)\s*(\d+(?:\.\d+)?)")
-_LEVEL = re.compile(r"\b(\d+(?:\.\d+)?)\s*%\s+(?:[\w-]+\s+){0,2}?(?:intervals?|CIs?|bands?|confidence)\b|\bcentral\s+(\d+(?:\.\d+)?)\s*%")
+_THRESHOLD = re.compile(r"\b(aligned|coherent|bad_stuff|bad stuff)`?(?:\s+score)?\s*\(?\s*(≤|<=|<|≥|>=|>)\s*"
+                        r"(\d+(?:\.\d+)?)")
+_LEVEL = re.compile(r"\b(\d+(?:\.\d+)?)\s*%\s+(?:[\w-]+\s+){0,2}?(?:intervals?|CIs?|bands?|confidence)\b"
+                    r"|\bcentral\s+(\d+(?:\.\d+)?)\s*%")
 _DEPTH = re.compile(r"\brelative depth\s+(\d+(?:\.\d+)?)")
 _SPANS: dict[str, re.Pattern[str]] = {
     "chapter": re.compile(r"\b[Cc]h(?:apters?|\.)\s+\d+(?:" + _RANGE + r"\d+)*"),
     "citation": re.compile(r"\([^()\d]*(?:19|20)\d\d[a-z]?\)|(?:et al\.?,?|[A-Z][a-z]+,)\s+(?:19|20)\d\d[a-z]?\b"
                            r"|\b\d{4}\.\d{4,5}(?:v\d+)?\b"),
-    "math": re.compile(r"\$\$.+?\$\$|\$[^$]+\$|\\\(.+?\\\)|\b1\s*/\s*[√(]|\+\s*1\s*\)|[α-ωΑ-Ω]\s*[<>≤≥]\s*[01]\b"),
+    "math": re.compile(r"\$\$.+?\$\$|\$[^$]+\$|\\\(.+?\\\)"
+                       r"|\b1\s*/\s*[√(]|\+\s*1\s*\)|[α-ωΑ-Ω]\s*[<>≤≥]\s*[01]\b"),
     "list": re.compile(r"^\s*\d+\.(?=\s)"),
     "null value": re.compile(r"\b(?:exclud\w*|includ\w*|cross\w*|above|below)\s+0\b|(?<![\w.])(?:0|100\s*%)\s*:\s"),
     "scale": re.compile(r"\b0\s*[–-]\s*100\b"),
