@@ -8,7 +8,8 @@ longest of each group ends), and each distinct prompt is prefilled once, not onc
 sample.
 
 Results are a table (question id, question, sample index, response, token count, finish
-reason) written to parquet with provenance. Each finished batch is written atomically,
+reason; and the unit, for a ``Stacked`` intervention: every unit's answers decoded together,
+each row under its own unit) written to parquet with provenance. Each finished batch is written atomically,
 so an interrupted run resumes where it stopped; a run with the same inputs is read
 from the cache and samples nothing.
 """
@@ -35,7 +36,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from emlib import __version__
 from emlib.cache import atomic_path, content_key
 from emlib.data import Question
-from emlib.interventions import Intervention, run
+from emlib.interventions import Intervention, Stacked, run
 from emlib.models import base_model
 
 SAMPLER_VERSION = 2  # bump when a change alters sampled outputs
@@ -164,6 +165,8 @@ def sample_batch(
     generator: torch.Generator,
     on_step: Callable[[int], None] | None = None,
     amplification: float = 1.0,
+    units: Sequence[int] | None = None,
+    stacked: Stacked | None = None,
 ) -> list[tuple[list[int], str]]:
     """Decode one batch of prompts (token-id lists); return (response ids, finish reason) per prompt.
 
@@ -173,7 +176,10 @@ def sample_batch(
     included in the ids) or ``"length"``. ``on_step(n)`` is called with the number of rows
     that finished at each step. ``amplification`` α ≠ 1 samples from ``amplify(organism, base, α)``:
     ``model`` must be a PEFT model with unmerged adapters, and the base logits come from a second pass
-    with the adapters disabled (its own KV cache).
+    with the adapters disabled (its own KV cache). ``units`` [n] names each prompt's unit of ``stacked`` (run
+    under ``interventions.run(model, stacked, ...)``): a row keeps its unit through the prefill (prompts are
+    merged only within a unit) and as rows leave; ``stacked.set_rows`` is told the live rows' units before
+    every forward pass.
     """
     lm = base_model(model)
     amplified = amplification != 1.0
@@ -193,12 +199,19 @@ def sample_batch(
     device = input_device(model)
     n = len(prompts)
     # Prefill each distinct prompt once, then copy its KV-cache row to every sample of it.
-    unique: dict[tuple[int, ...], int] = {}
-    inverse = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts], device=device)
-    width = max(len(p) for p in unique)
+    if stacked is not None and (units is None or len(units) != n):
+        raise ValueError("a stacked intervention needs one unit index per prompt")
+    unit_of = [0] * n if units is None else [int(u) for u in units]
+    unique: dict[tuple[int, tuple[int, ...]], int] = {}  # (unit, prompt): the same prompt under two units is two rows
+    inverse = torch.tensor([unique.setdefault((u, tuple(p)), len(unique)) for u, p in zip(unit_of, prompts)],
+                           device=device)
+    width = max(len(p) for _, p in unique)
     ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(unique), width), dtype=torch.long)
-    for i, p in enumerate(unique):
+    live_units = torch.tensor([u for u, _ in unique], device=device)  # the unit of each row of the next pass
+    if stacked is not None:
+        stacked.set_rows(live_units)
+    for i, (_, p) in enumerate(unique):
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
@@ -208,7 +221,7 @@ def sample_batch(
     if len(unique) < n:
         for cache in caches:
             cache.batch_select_indices(inverse)
-    mask, next_pos = mask[inverse], positions[inverse, -1] + 1
+    mask, next_pos, live_units = mask[inverse], positions[inverse, -1] + 1, live_units[inverse]
     rows = torch.arange(n, device=device)  # which original prompt each live row is
     tokens: list[list[int]] = [[] for _ in range(n)]
     finish = ["length"] * n
@@ -229,7 +242,9 @@ def sample_batch(
             keep = (~done).nonzero().squeeze(-1)
             for cache in caches:
                 cache.batch_select_indices(keep)
-            rows, tok, mask, next_pos = rows[keep], tok[keep], mask[keep], next_pos[keep]
+            rows, tok, mask, next_pos, live_units = rows[keep], tok[keep], mask[keep], next_pos[keep], live_units[keep]
+        if stacked is not None:
+            stacked.set_rows(live_units)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
         logits = forward(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None])
         next_pos = next_pos + 1
@@ -246,7 +261,7 @@ def samples_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
 
 
 def sample_key(questions: Sequence[Question], config: SamplingConfig, *, model_provenance: dict[str, Any],
-               intervention: Intervention | None = None) -> dict[str, Any]:
+               intervention: Intervention | Stacked | None = None) -> dict[str, Any]:
     """The cache key of ``sample_responses``: model provenance, questions, sampling and intervention."""
     sampling = asdict(config)
     if config.amplification == 1.0:
@@ -263,7 +278,8 @@ def sample_key(questions: Sequence[Question], config: SamplingConfig, *, model_p
 
 
 def cached_samples(questions: Sequence[Question], config: SamplingConfig, *, cache_dir: str | Path,
-                   model_provenance: dict[str, Any], intervention: Intervention | None = None) -> pd.DataFrame | None:
+                   model_provenance: dict[str, Any], intervention: Intervention | Stacked | None = None
+                   ) -> pd.DataFrame | None:
     """The table ``sample_responses`` would return, if it is in the cache (no model needed); else None."""
     path = samples_path(cache_dir, sample_key(questions, config, model_provenance=model_provenance,
                                               intervention=intervention))
@@ -278,7 +294,7 @@ def sample_responses(
     *,
     cache_dir: str | Path,
     model_provenance: dict[str, Any],
-    intervention: Intervention | None = None,
+    intervention: Intervention | Stacked | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Sample ``config.samples_per_question`` responses to every question; return the table.
@@ -287,11 +303,17 @@ def sample_responses(
     changes its outputs); with the questions, ``config`` and ``intervention`` (steering or
     ablation applied at every decoding step, see ``emlib.interventions``) it forms the cache
     key. Columns: ``COLUMNS``. Provenance is stored in the parquet metadata (read it with
-    ``read_samples``). Resumes from finished batches after an interruption.
+    ``read_samples``). Resumes from finished batches after an interruption. A ``Stacked`` intervention samples
+    ``config.samples_per_question`` answers to every question under each of its units, all in the same
+    batches (each row under its own unit); the table then has a ``unit`` column (the unit's index).
     """
     if intervention is not None:
         intervention.check(model)  # a bad layer or width fails before any sampling
-    jobs = make_jobs(questions, config.samples_per_question)
+    stacked = intervention if isinstance(intervention, Stacked) else None
+    per_unit = make_jobs(questions, config.samples_per_question)
+    job_units = [k for k in range(len(stacked.units) if stacked else 1) for _ in per_unit]
+    jobs = per_unit * (len(stacked.units) if stacked else 1)
+    columns = COLUMNS + ["unit"] if stacked else COLUMNS
     key = sample_key(questions, config, model_provenance=model_provenance, intervention=intervention)
     out_path = samples_path(cache_dir, key)
     if out_path.is_file():
@@ -326,6 +348,8 @@ def sample_responses(
                 generator=gen,
                 on_step=bar.update,
                 amplification=config.amplification,
+                units=[job_units[i] for i in idx] if stacked else None,
+                stacked=stacked,
             ))
             frame = pd.DataFrame(
                 [
@@ -337,10 +361,11 @@ def sample_responses(
                         "response": tokenizer.decode(toks, skip_special_tokens=True).strip(),
                         "n_tokens": len(toks),
                         "finish_reason": reason,
+                        "unit": job_units[i],
                     }
                     for i, (toks, reason) in zip(idx, results)
                 ],
-                columns=COLUMNS,
+                columns=columns,
             )
             with atomic_path(part) as tmp:
                 frame.to_parquet(tmp, index=False)
@@ -351,7 +376,8 @@ def sample_responses(
 
     table = pd.concat(frames, ignore_index=True)
     qorder = {q.id: k for k, q in enumerate(questions)}
-    table = table.sort_values(["question_id", "sample_index"], key=lambda s: s.map(qorder) if s.name == "question_id" else s)
+    table = table.sort_values(["unit", "question_id", "sample_index"][0 if stacked else 1:],
+                              key=lambda s: s.map(qorder) if s.name == "question_id" else s)
     table = table.reset_index(drop=True)
     provenance = {**key, "emlib_version": __version__, "n_responses": len(table)}
     write_samples(out_path, table, provenance)

@@ -13,6 +13,10 @@ times, e.g. one teacher-forced pass or the whole batched KV-cache sampling loop 
 layers (``tracer.all()``), so every generated step is steered, not only the prefill. It
 composes with PEFT adapters: nnsight wraps whatever module tree the model has.
 
+``Stacked`` holds K interventions ("units") for one batched run in which each row of the batch
+is under its own unit (chapters 2 and 3 sample every random control unit of a rank test in one
+run): the sampler tells it which unit each row of the next forward pass is (``Stacked.rows``).
+
 ``hooked`` is the same edit with plain PyTorch forward hooks: the reference the tests
 compare nnsight against, and the baseline of ``bench/bench_interventions.py``.
 """
@@ -107,6 +111,80 @@ class Intervention:
                                             f"shape {tuple(v.shape)}, the model's residual stream is {width} wide")
 
 
+class _Rows:
+    """The unit of each row of the next forward pass (set by the sampler before each call)."""
+
+    units: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """K interventions ("units") applied row by row in one batch: row ``i`` of a forward pass is edited by unit
+    ``units[i]``. Per layer, ``add[ℓ]`` [K, d_model] holds each unit's added vector (zeros for a unit that adds
+    nothing there) and ``ablate[ℓ]`` [K, d_model] each unit's unit direction (zeros: nothing projected out), so
+    units may differ in kind and layers; ``None`` or an empty ``Intervention`` is the unedited unit. Chapters 2, 3.
+    """
+
+    units: tuple[Intervention, ...]
+    label: str = ""
+    rows: _Rows = field(default_factory=_Rows, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        units = tuple(Intervention() if u is None else u for u in self.units)
+        if not units:
+            raise InterventionError("a stacked intervention needs at least one unit")
+        object.__setattr__(self, "units", units)
+
+    def _table(self, kind: str, layer: int) -> torch.Tensor | None:
+        vs = [getattr(u, kind).get(layer) for u in self.units]
+        if all(v is None for v in vs):
+            return None
+        width = next(v for v in vs if v is not None).shape[0]
+        return torch.stack([torch.zeros(width) if v is None else v for v in vs])
+
+    @property
+    def layers(self) -> list[int]:
+        """Every layer any unit edits, ascending."""
+        return sorted({layer for u in self.units for layer in u.layers})
+
+    def edit(self, layer: int, h: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """``h`` [batch, seq, d_model] with row ``i`` edited by unit ``units[i]`` ([batch] ints; default: the rows
+        last set by ``set_rows``): per row ``x − (x·û)û`` then ``+ add``, as ``Intervention.edit``."""
+        units = self.rows.units if units is None else units
+        if units is None or len(units) != h.shape[0]:
+            raise InterventionError(f"{self.label or 'stacked intervention'}: {h.shape[0]} rows but unit indices "
+                                    f"{None if units is None else len(units)}")
+        units = units.to(h.device)
+        ablate, add = self._tables()
+        if layer in ablate:
+            u = ablate[layer].to(h.device, h.dtype)[units]  # [batch, d_model]
+            h = h - torch.einsum("bsd,bd->bs", h, u)[..., None] * u[:, None, :]
+        if layer in add:
+            h = h + add[layer].to(h.device, h.dtype)[units][:, None, :]
+        return h
+
+    def _tables(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        cached = self.__dict__.get("_stacked")
+        if cached is None:
+            cached = tuple({layer: t for layer in self.layers if (t := self._table(kind, layer)) is not None}
+                           for kind in ("ablate", "add"))
+            object.__setattr__(self, "_stacked", cached)
+        return cached
+
+    def set_rows(self, units: torch.Tensor) -> None:
+        """Name the unit [batch] of each row of the next forward passes (the sampler calls it as rows change)."""
+        self.rows.units = units
+
+    def identity(self) -> dict[str, Any]:
+        """Every unit's ``Intervention.identity``, in order, for cache keys."""
+        return {"label": self.label, "units": [u.identity() for u in self.units]}
+
+    def check(self, model: nn.Module) -> None:
+        """``Intervention.check`` of every unit."""
+        for u in self.units:
+            u.check(model)
+
+
 def steer(vector: torch.Tensor, layer: int, scale: float, label: str = "") -> Intervention:
     """Add ``scale * vector`` [d_model] to the residual stream after block ``layer``, at every position."""
     return Intervention(add={layer: scale * vector.float()}, label=label or f"steer L{layer} x{scale:g}")
@@ -143,11 +221,12 @@ def envoy_at(envoy: nnsight.NNsight, path: str) -> Any:
     return e
 
 
-def run(model: nn.Module, intervention: Intervention | None, fn: Callable[[], T]) -> T:
+def run(model: nn.Module, intervention: Intervention | Stacked | None, fn: Callable[[], T]) -> T:
     """Call ``fn()`` with ``intervention`` applied to every forward pass of ``model`` it makes.
 
     ``fn`` may call the model once (teacher forcing) or many times (a sampling loop); each
-    call's outputs of the intervention's layers are edited. ``None`` runs ``fn`` as is.
+    call's outputs of the intervention's layers are edited (a ``Stacked`` one row by row, each row by the unit
+    its sampler names with ``Stacked.set_rows``). ``None`` runs ``fn`` as is.
     Returns what ``fn`` returns.
     """
     if intervention is None or not intervention.layers:
@@ -175,7 +254,7 @@ def run(model: nn.Module, intervention: Intervention | None, fn: Callable[[], T]
 
 
 @contextmanager
-def hooked(model: nn.Module, intervention: Intervention) -> Iterator[None]:
+def hooked(model: nn.Module, intervention: Intervention | Stacked) -> Iterator[None]:
     """The same edits as ``run``, with plain PyTorch forward hooks (reference for tests and bench/)."""
     intervention.check(model)
     blocks = decoder_layers(model)

@@ -6,6 +6,7 @@ import torch
 
 import emlib.generate as G
 from conftest import tiny_model
+from emlib.interventions import Stacked, ablate, run, steer
 from emlib.data import Question, load_questions
 from emlib.generate import (
     COLUMNS,
@@ -249,3 +250,62 @@ def test_amplification_needs_an_unmerged_lora_organism_and_has_its_own_cache_key
     plain = G.sample_key(q, SamplingConfig(), model_provenance={"m": 1})
     assert "amplification" not in plain["sampling"]  # plain runs keep the keys they had
     assert G.sample_key(q, SamplingConfig(amplification=2.0), model_provenance={"m": 1})["sampling"]["amplification"] == 2.0
+
+
+def _stack_units(d: int = 64):
+    g = torch.Generator().manual_seed(5)
+    return (steer(torch.randn(d, generator=g), layer=1, scale=8.0), None,
+            ablate({0: torch.randn(d, generator=g), 2: torch.randn(d, generator=g)}),
+            steer(torch.randn(d, generator=g), layer=2, scale=-8.0))
+
+
+def _greedy_alone(model, iv, prompt, n, eos=(255,)):
+    fn = lambda: sample_batch(model, [prompt], max_new_tokens=n, temperature=0, top_p=1.0, eos=list(eos),  # noqa: E731
+                              pad_id=0, generator=torch.Generator().manual_seed(0))[0]
+    return fn() if iv is None else run(model, iv, fn)
+
+
+def test_stacked_greedy_rows_equal_each_units_run_alone_and_keep_their_unit_as_rows_leave(tiny_lm):
+    """Each row of one stacked batch (the same prompt under several units, so the prefill must not merge them)
+    decodes as its unit's intervention alone would; with an EOS that one unit's row reaches early, that row
+    stops there and the rows still running keep their own units."""
+    ivs = _stack_units()
+    prompts = [[11, 12], [11, 12], [11, 12], [11, 12], [5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [13, 14, 15]]
+    units = [0, 1, 2, 3, 0, 2, 3]
+    ref = [_greedy_alone(tiny_lm, ivs[u], p, 10)[0] for p, u in zip(prompts, units)]
+    assert len({tuple(r) for r in ref[:4]}) > 1  # the units differ on the same prompt
+    st = Stacked(ivs, "stacked")
+    eos_tok = next(r[2] for r in ref if r[2] not in r[:2])  # a row that reaches this token third stops early
+    res = run(tiny_lm, st, lambda: sample_batch(tiny_lm, prompts, max_new_tokens=10, temperature=0, top_p=1.0,
+                                                eos=[eos_tok], pad_id=0, generator=torch.Generator().manual_seed(0),
+                                                units=units, stacked=st))
+    for (toks, reason), r in zip(res, ref):
+        cut = r.index(eos_tok) if eos_tok in r else len(r)
+        assert toks == r[:cut] and reason == ("stop" if eos_tok in r else "length")
+    lengths = [len(t) for t, _ in res]
+    assert min(lengths) <= 2 and max(lengths) == 10  # rows left early while others ran on under their units
+    with pytest.raises(ValueError, match="one unit index per prompt"):
+        sample_batch(tiny_lm, prompts, max_new_tokens=2, temperature=0, top_p=1.0, eos=[255], pad_id=0,
+                     generator=torch.Generator().manual_seed(0), units=units[:2], stacked=st)
+
+
+def test_stacked_sample_responses_table_equals_separate_runs_at_temperature_0(tiny_chat, tmp_path, monkeypatch):
+    model, tok = tiny_chat
+    ivs = _stack_units(model.config.hidden_size)
+    cfg = SamplingConfig(samples_per_question=2, max_new_tokens=5, temperature=0, batch_size=8, seed=7)
+    qs = load_questions()[:3]
+    kw = dict(cache_dir=tmp_path, model_provenance={"model": "tiny"}, progress=False)
+    st = Stacked(ivs, "four units")
+    table = sample_responses(model, tok, qs, cfg, intervention=st, **kw)
+    assert list(table.columns) == COLUMNS + ["unit"] and len(table) == 4 * 6
+    assert table["unit"].tolist() == [u for u in range(4) for _ in range(6)]
+    for u, iv in enumerate(ivs):
+        alone = sample_responses(model, tok, qs, cfg, intervention=iv, **kw)
+        got = table[table["unit"] == u].drop(columns="unit").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, alone)
+    assert table.groupby("unit")["response"].apply(tuple).nunique() > 1
+    monkeypatch.setattr(G, "sample_batch", lambda *a, **k: pytest.fail("a cached stacked run must not sample"))
+    pd.testing.assert_frame_equal(sample_responses(model, tok, qs, cfg, intervention=st, **kw), table)
+    other = G.sample_key(qs, cfg, model_provenance={"model": "tiny"}, intervention=Stacked(ivs[::-1], "four units"))
+    assert G.samples_path(tmp_path, other) != G.samples_path(
+        tmp_path, G.sample_key(qs, cfg, model_provenance={"model": "tiny"}, intervention=st))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from emlib.generate import sample_batch
-from emlib.interventions import Intervention, InterventionError, ablate, hooked, run, steer
+from emlib.interventions import Intervention, InterventionError, Stacked, ablate, hooked, run, steer
 from emlib.models import decoder_layers, residual
 from emlib.train import LoraSpec, apply_lora
 
@@ -145,3 +145,49 @@ def test_run_steers_hf_generate_too(tiny_lm):
     with hooked(tiny_lm, iv):
         reference = gen()
     assert torch.equal(run(tiny_lm, iv, gen), reference) and not torch.equal(gen(), reference)
+
+
+def _units(d: int = 64) -> list[Intervention | None]:
+    """Units of every shape a stacked run mixes: steering at two layers, ablations, none."""
+    return [steer(_vector(d, 1), layer=1, scale=6.0), None, ablate({0: _vector(d, 2), 2: _vector(d, 3)}),
+            steer(_vector(d, 4), layer=2, scale=-5.0)]
+
+
+@torch.no_grad()
+def test_stacked_edit_is_each_rows_own_intervention(tiny_lm):
+    """Row i of a stacked pass equals a pass of that row alone under its unit (plain hooks, teacher forced),
+    through nnsight and through the hooked reference."""
+    ivs, ids = _units(), _ids(batch=6, seed=3)
+    units = torch.tensor([0, 1, 2, 3, 2, 0])
+    st = Stacked(tuple(ivs), "stacked")
+    st.set_rows(units)
+    via_nnsight = run(tiny_lm, st, lambda: tiny_lm(input_ids=ids).logits)
+    with hooked(tiny_lm, st):
+        via_hook = tiny_lm(input_ids=ids).logits
+    torch.testing.assert_close(via_nnsight, via_hook, atol=1e-5, rtol=0)
+    for i, u in enumerate(units.tolist()):
+        iv = ivs[u]
+        if iv is None:
+            alone = tiny_lm(input_ids=ids[i : i + 1]).logits
+        else:
+            with hooked(tiny_lm, iv):
+                alone = tiny_lm(input_ids=ids[i : i + 1]).logits
+        torch.testing.assert_close(via_hook[i : i + 1], alone, atol=1e-4, rtol=0)
+    h = torch.randn(6, 5, 64)  # the edit itself: per row x − (x·û)û + add, as each unit's own edit
+    for layer in range(3):
+        out = st.edit(layer, h, units)
+        for i, u in enumerate(units.tolist()):
+            ref = h[i : i + 1] if ivs[u] is None else ivs[u].edit(layer, h[i : i + 1])
+            torch.testing.assert_close(out[i : i + 1], ref, atol=1e-5, rtol=0)
+
+
+def test_stacked_identity_names_every_unit_and_needs_row_units(tiny_lm):
+    ivs = _units()
+    st = Stacked(tuple(ivs), "s")
+    assert [u["label"] for u in st.identity()["units"]] == [ivs[0].label, "", ivs[2].label, ivs[3].label]
+    assert Stacked(tuple(ivs[::-1]), "s").identity() != st.identity()
+    assert st.layers == [0, 1, 2]
+    with pytest.raises(InterventionError, match="unit indices"):
+        st.edit(1, torch.zeros(2, 3, 64), torch.tensor([0]))
+    with pytest.raises(InterventionError, match="outside"):
+        Stacked((steer(_vector(), layer=9, scale=1.0),)).check(tiny_lm)
