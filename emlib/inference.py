@@ -108,7 +108,7 @@ def rank_test(effect: float, controls: Sequence[float], alternative: str = "grea
     as the direction is): (1 + #controls at least as extreme) / (1 + N). Exact and uniform under the null when
     the N + 1 units are exchangeable; its smallest value is 1 / (N + 1), so N ≥ 19 is needed for p < 0.05.
     ``alternative``: "greater" (the direction's effect is larger), "less", or "two-sided" (larger in absolute
-    value about the controls' median). Chapters 2 and 3."""
+    value about the median of all N + 1 units). Chapters 2 and 3."""
     c = np.asarray(controls, dtype=float)
     c = c[~np.isnan(c)]
     if alternative == "greater":
@@ -116,7 +116,7 @@ def rank_test(effect: float, controls: Sequence[float], alternative: str = "grea
     elif alternative == "less":
         extreme = np.sum(c <= effect)
     elif alternative == "two-sided":
-        centre = np.median(c) if len(c) else 0.0
+        centre = np.median(np.append(c, effect))  # of all N + 1 units: a symmetric function keeps them exchangeable
         extreme = np.sum(np.abs(c - centre) >= abs(effect - centre))
     else:
         raise ValueError(f"alternative must be greater, less or two-sided, got {alternative!r}")
