@@ -29,7 +29,7 @@ from emlib import activations, generate, train
 from emlib.config import Params, validate
 from emlib.data import Question, load_questions
 from emlib.generate import SamplingConfig
-from emlib.interventions import Intervention
+from emlib.interventions import Intervention, Stacked
 from emlib.judge import Judge, JudgeCache, judge_responses
 from emlib.judge_check import em_error
 from emlib.llm_judges import LocalJudge, OpenAIJudge
@@ -238,7 +238,7 @@ def train_organism(ch: Chapter, organism: Organism) -> train.TrainResult:
 
 def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
                      label: str | None = None, sampling: SamplingConfig | None = None,
-                     intervention: Intervention | None = None) -> pd.DataFrame:
+                     intervention: Intervention | Stacked | None = None) -> pd.DataFrame:
     """Sample ``questions`` (default: the chapter's) from ``ft`` (default: the chat model; an organism from
     ``ch.ready``), optionally with an ``intervention``, and judge them; the model is loaded only if the
     samples are not cached. ``sampling`` defaults to the params' evaluation setting. Returns the judged
@@ -256,6 +256,19 @@ def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft
     scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p))
     scored.insert(0, "model", label or ft.name)
     return scored
+
+
+def sample_and_judge_units(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
+                           label: str | None = None, sampling: SamplingConfig,
+                           units: list[Intervention | None], name: str = "units") -> pd.DataFrame:
+    """``sample_and_judge`` of many interventions ("units", ``None`` for none) in ONE batched run
+    (``emlib.interventions.Stacked``): every unit answers each question ``sampling.samples_per_question`` times, in
+    the same batches with the same seed, each row under its own unit, so the units are sampled alike (exchangeable
+    under the null of a rank test) at the cost of a few large batches instead of one small run per unit. Returns
+    one judged table with the leading ``model`` column and a ``unit`` column (the index in ``units``).
+    Chapters 2 and 3 (the rank tests' units)."""
+    return sample_and_judge(ch, questions, ft=ft, label=label, sampling=sampling,
+                            intervention=Stacked(tuple(units), name))
 
 
 def answer_sums(ch: Chapter, samples: pd.DataFrame, *, ft: FineTune | None = None) -> tuple[torch.Tensor, torch.Tensor]:

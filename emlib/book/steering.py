@@ -5,7 +5,8 @@ Where: the questions ``intervention_questions`` names. What: one headline cell (
 direction and the unsteered chat model each on ``headline_samples_per_question`` answers a question; at that cell
 ``random_controls`` anisotropy-matched and ``gaussian_controls`` Gaussian random vectors (``emlib.controls``), each
 one unit of a rank test on ``control_samples_per_question`` answers a question, beside the direction's own unit
-(sampled the same way, with the same seed: under the null the direction is one more within-question label
+(all units in one batched run, each row under its own unit: sampled the same way, in the same batches, with the
+same seed: under the null the direction is one more within-question label
 permutation, so the units are exchangeable and the test exact); the other (layer, λ) cells of ``steer_layers`` ×
 ``steer_scales``, descriptive, on ``steer_samples_per_question``.
 """
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
-from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
+from emlib.book.session import Chapter, intervention_sampling, sample_and_judge, sample_and_judge_units
 from emlib.config import Params, headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
@@ -77,20 +78,31 @@ def steering_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     vecs = control_vectors(ch, direction)
     runs: list[tuple[str, str, int, int, float, Directions | None, int]] = [
         ("headline", "none", 0, -1, 0.0, None, p.headline_samples_per_question),
-        ("headline", "direction", 0, layer, scale, direction, p.headline_samples_per_question),
-        ("unit", "direction", 0, layer, scale, direction, p.control_samples_per_question)]
-    runs += [("unit", kind, k, layer, scale, v, p.control_samples_per_question)
-             for kind, vs in vecs.items() for k, v in enumerate(vs)]
+        ("headline", "direction", 0, layer, scale, direction, p.headline_samples_per_question)]
     runs += [("sweep", "direction", 0, lay, s, direction, p.steer_samples_per_question)
              for lay in steering_layers(p, direction.n_layers) for s in p.steer_scales if (lay, s) != (layer, scale)]
+    def setting(kind: str, k: int, lay: int, s: float) -> str:
+        return f"{kind}{'' if kind == 'direction' else f' {k}'} L{lay} λ={s:g}"
+
     tables = []
     for arm, kind, k, lay, s, vec, n in tqdm(runs, desc="steering runs"):
         label = f"steer {kind} {k} L{lay} x{s:g}"
         iv = None if vec is None else steer(vec.vectors[lay], lay, s, label=label)
         t = sample_and_judge(ch, qs, label="chat model", sampling=intervention_sampling(p, n), intervention=iv)
-        setting = "unsteered" if vec is None else f"{kind}{'' if kind == 'direction' else f' {k}'} L{lay} λ={s:g}"
-        tables.append(t.assign(arm=arm, kind=kind, unit=k, layer=lay, scale=s, setting=setting,
-                               vector={"none": "none", "direction": "mean-diff"}.get(kind, "random")))
+        tables.append(t.assign(arm=arm, kind=kind, unit=k, layer=lay, scale=s,
+                               setting="unsteered" if vec is None else setting(kind, k, lay, s),
+                               vector="none" if vec is None else "mean-diff"))
+    # the rank test's units, the direction's own and every random vector's, in one stacked run (sampled alike)
+    units = [("direction", 0, direction)] + [(kind, k, v) for kind, vs in vecs.items() for k, v in enumerate(vs)]
+    t = sample_and_judge_units(ch, qs, label="chat model", sampling=intervention_sampling(
+        p, p.control_samples_per_question), units=[steer(v.vectors[layer], layer, scale,
+                                                         label=f"steer {kind} {k} L{layer} x{scale:g}")
+                                                   for kind, k, v in units], name=f"steering units L{layer} x{scale:g}")
+    index = t.pop("unit")
+    tables.append(t.assign(arm="unit", kind=[units[i][0] for i in index], unit=[units[i][1] for i in index],
+                           layer=layer, scale=scale, setting=[setting(units[i][0], units[i][1], layer, scale)
+                                                              for i in index],
+                           vector=["mean-diff" if units[i][0] == "direction" else "random" for i in index]))
     return classify(pd.concat(tables, ignore_index=True))
 
 

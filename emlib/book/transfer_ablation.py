@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
-from emlib.book.session import Chapter, intervention_sampling, sample_and_judge
+from emlib.book.session import Chapter, intervention_sampling, sample_and_judge, sample_and_judge_units
 from emlib.book.steering import control_vectors, intervention_questions, n_gaussian
 from emlib.directions import Directions
 from emlib.inference import Effect, Verdict, smallest_rank_p, within_question_effect
@@ -49,7 +49,8 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     ``compare_organisms``: unablated and single-direction ablation (the relative-depth-0.5 vector at every layer) on
     ``ablation_samples_per_question``; the direction organism also layer-wise; the single ablation's rank-test
     unit and each random vector's (chapter 2's control vectors at that layer, ``n_controls`` of each kind) on
-    ``control_samples_per_question``. Columns ``model``, ``ablation``, ``arm`` (base / quoted / unit), ``kind``,
+    ``control_samples_per_question``, a model's units all in one batched run (``sample_and_judge_units``: each
+    row under its own unit). Columns ``model``, ``ablation``, ``arm`` (base / quoted / unit), ``kind``,
     ``unit``."""
     p, qs = ch.p, intervention_questions(ch)
     n = direction.n_layers
@@ -65,17 +66,24 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
         if model == p.direction_organism:
             runs.append((model, "layer-wise", "quoted", "direction", 0, ablate(direction.by_layer(), "layer-wise"),
                          p.ablation_samples_per_question))
-        runs.append((model, "single (unit)", "unit", "direction", 0,
-                     ablate(everywhere(direction.vectors[layer]), "single"), p.control_samples_per_question))
-        for kind, vs in vecs.items():
-            runs += [(model, f"{kind} {k}", "unit", kind, k, ablate(everywhere(v.vectors[layer]), f"{kind} {k}"),
-                      p.control_samples_per_question) for k, v in enumerate(vs[:n_controls(ch, model, kind)])]
     tables = []
     for model, name, arm, kind, k, iv, spq in tqdm(runs, desc="ablation runs"):
         ft = None if model == CHAT else ch.ready[model]
         t = sample_and_judge(ch, qs, ft=ft, label=CHAT if model == CHAT else None,
                              sampling=intervention_sampling(p, spq), intervention=iv)
         tables.append(t.assign(ablation=name, arm=arm, kind=kind, unit=k))
+    for model in tqdm([p.direction_organism, *p.compare_organisms], desc="ablation units"):
+        # the single ablation's rank-test unit and the random units, in one stacked run (sampled alike)
+        units = [("single (unit)", "direction", 0, direction)] + [
+            (f"{kind} {k}", kind, k, v) for kind, vs in vecs.items()
+            for k, v in enumerate(vs[:n_controls(ch, model, kind)])]
+        t = sample_and_judge_units(ch, qs, ft=ch.ready[model], sampling=intervention_sampling(
+            p, p.control_samples_per_question), units=[ablate(everywhere(v.vectors[layer]), "single" if kind ==
+                                                              "direction" else name) for name, kind, _, v in units],
+            name=f"ablation units L{layer}")
+        index = t.pop("unit")
+        tables.append(t.assign(**{c: [units[i][j] for i in index] for j, c in enumerate(("ablation", "kind", "unit"))},
+                               arm="unit"))
     c = classify(pd.concat(tables, ignore_index=True))
     return c[c["scored"]]
 
