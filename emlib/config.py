@@ -116,6 +116,8 @@ class Params:
     # by it: "not testable" (its mean difference would be that question's)
     geometry_answers: int | None = None  # chapter 4's induced-change comparison: a seeded sample of this many of the
     # direction organism's extraction answers (None = all of them)
+    geometry_random_vectors: int = 5  # chapter 4's downstream null: random steering vectors (the direction's norm at
+    # the steered layer), each one teacher-forced pass over the geometry answers
     activation_batch_size: int = 16  # sequences per teacher-forced pass
     # --- storage ---
     cache_dir: str = ".cache/emlib"  # content-addressed results: models, samples, judgements
@@ -215,6 +217,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("set_max_question_share", 0 < p.set_max_question_share <= 1, "in (0, 1]"),
         ("ablation_samples_per_question", p.ablation_samples_per_question >= 1, ">= 1"),
         ("geometry_answers", p.geometry_answers is None or p.geometry_answers >= 1, ">= 1 or null"),
+        ("geometry_random_vectors", p.geometry_random_vectors >= 1, ">= 1"),
         ("compare_samples_per_question", p.compare_samples_per_question is None or p.compare_samples_per_question >= 1,
          ">= 1 or null"),
         ("train_lr", p.train_lr > 0, "> 0"),

@@ -54,6 +54,10 @@ FIGURES: dict[str, Figure] = {
 # threshold, of the paper's layer count; chapter 2 scales it to the model's layers (``direction_nulls.allowed_below``).
 COSINE_LAYERS_ALLOWED_BELOW: tuple[int, int] = (4, 48)
 
+# The paper's residual width (Qwen2.5-14B-Instruct's d_model): its B-vector cosine 0.04 is read in units of 1/√d at
+# this width (chapter 4: 0.04·√5120 ≈ 2.9), beside this run's cosines in units of 1/√d at this model's width.
+D_MODEL = 5120
+
 # Claims this project does not run, and why (the results page says so instead of "not measured").
 NOT_RUN: dict[str, str] = {"insecure_code": "not run: this project has no insecure-code organism"}
 
