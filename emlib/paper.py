@@ -58,6 +58,10 @@ COSINE_LAYERS_ALLOWED_BELOW: tuple[int, int] = (4, 48)
 # this width (chapter 4: 0.04·√5120 ≈ 2.9), beside this run's cosines in units of 1/√d at this model's width.
 D_MODEL = 5120
 
+# "6 adapters general, 2 medical-specific" (probe_roles) of the paper's nine rank-1 adapters, by role as chapter 4
+# names them (``emlib.probes.role_tests``).
+PROBE_ROLES: dict[str, int] = {"general": 6, "medical-specific": 2}
+
 # Claims this project does not run, and why (the results page says so instead of "not measured").
 NOT_RUN: dict[str, str] = {"insecure_code": "not run: this project has no insecure-code organism"}
 
