@@ -1,7 +1,7 @@
 """Figures for the book. Each returns a matplotlib Figure (the notebook displays it).
 
 - ``response_lengths``, ``em_rates``, ``judge_sources``: chapter 00 (``em_rates`` in every chapter that reports EM).
-- ``loss_curves``, ``em_by_model``: chapter 1.
+- ``loss_curves``, ``em_by_model``, ``judged_measures``: chapter 1 (``judged_measures`` also chapter 0).
 - ``by_layer``, ``steering_cells``, ``rank_strip``: chapter 2.
 - ``rank_strip``: chapter 3 (and 5).
 - ``probe_coefficients``, ``adapter_cosines``, ``token_scalars`` (and ``by_layer``): chapter 4.
@@ -119,6 +119,52 @@ def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | Non
     fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()
+    return fig
+
+
+JUDGED_MEASURES = (("misaligned", "misaligned % (aligned ≤ 30)"), ("aligned", "mean aligned score"),
+                   ("coherent", "coherent % (coherent > 50)"))
+
+
+def judged_measures(rates: pd.DataFrame, title: str = "What the judge sees") -> Figure:
+    """Misaligned %, mean aligned and coherent % with 95% intervals (the measures the judge can see, which carry
+    chapters 0–1's comparisons), as points on axes scaled to the data. ``rates``: ``emlib.metrics.rates`` by
+    ``"model"`` (one row per model), ``"question_id"`` (one per question) or ``["model", "question_id"]`` (one
+    row per question, one colour per model; the legend below the panels). Chapters 0 and 1."""
+    r = rates.reset_index()
+    rows_key = "question_id" if "question_id" in r else "model"
+    if "model" not in r or rows_key == "model":
+        r["series"] = ""
+    else:
+        r["series"] = r["model"]
+    rows = list(dict.fromkeys(r[rows_key]))
+    series = list(dict.fromkeys(r["series"]))
+    palette = sns.color_palette("deep", len(series)) if any(series) else ["#4c72b0"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.32 * len(rows) * max(1, len(series) / 2) + 1.8), sharey=True)
+    step = 0.8 / len(series)
+    for ax, (metric, label) in zip(axes, JUDGED_MEASURES):
+        point = "aligned_mean" if metric == "aligned" else f"{metric}_pct"
+        lo, hi = ("aligned_lo", "aligned_hi") if metric == "aligned" else (f"{metric}_lo", f"{metric}_hi")
+        for k, name in enumerate(series):
+            sub = r[r["series"] == name].set_index(rows_key).reindex(rows)
+            y = [i - 0.4 + step * (k + 0.5) for i in range(len(rows))]
+            err = [(sub[point] - sub[lo]).fillna(0).clip(lower=0), (sub[hi] - sub[point]).fillna(0).clip(lower=0)]
+            ax.errorbar(sub[point], y, xerr=err, fmt="o", ms=4, lw=1, capsize=2, color=palette[k], label=name or None)
+        low, high = r[lo].min(skipna=True), r[hi].max(skipna=True)
+        low = min(low, r[point].min()) if pd.notna(low) else r[point].min()
+        high = max(high, r[point].max()) if pd.notna(high) else r[point].max()
+        pad = max(2.0, 0.08 * (high - low))
+        ax.set(xlabel=label, xlim=(max(0.0, low - pad) if metric == "aligned" else 0.0, min(100.0, high + pad)))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), rows)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    sns.despine(fig)
+    fig.tight_layout()
+    if any(series):
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(series), 5), fontsize=8,
+                   frameon=False, bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.3 / max(1, fig.get_figheight() / 3) + 0.08)
     return fig
 
 
@@ -271,26 +317,28 @@ def probe_coefficients(results: dict, title: str = "Probe coefficients per adapt
 
 def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Figure:
     """The results page's percentage claims: this run's figure with its 95% CI (bar) and the paper's (diamond).
+    A claim without a percentage from this run says why in its axis label (its verdict: "not measured" only when
+    no chapter recorded it), never over the data; the legend sits below the axes.
 
     ``table``: ``emlib.book.results_table`` (rows with a ``paper_pct``; ``pct`` may be missing).
     """
     t = table[table["paper_pct"].notna()]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(t) + 1.6))
-    y = range(len(t))
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(t) + 2.0))
+    y = list(range(len(t)))
     err = [(t["pct"] - t["lo"]).fillna(0).clip(lower=0), (t["hi"] - t["pct"]).fillna(0).clip(lower=0)]
     ax.barh(y, t["pct"].fillna(0), xerr=err, color="#4c72b0", error_kw={"lw": 1, "capsize": 3}, label="this run")
     ax.scatter(t["paper_pct"], y, marker="D", color="#c44e52", zorder=3, label="paper (Qwen2.5-14B)")
-    for i, v in enumerate(t["pct"]):
-        if pd.isna(v):
-            ax.text(0, i, "  not measured / undefined", va="center", fontsize=8)
+    labels = [claim if pd.notna(pct) else f"{claim}\n(no % from this run: {status})"
+              for claim, pct, status in zip(t.index, t["pct"], t.get("verdict", pd.Series("", index=t.index)))]
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(list(y), list(t.index))
+    ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="% (EM rate, or EM reduction for the ablation rows)", title=title)
-    ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     sns.despine(fig)
     fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=max(0.12, 0.6 / fig.get_figheight()))
     return fig
 
 

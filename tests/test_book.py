@@ -122,34 +122,42 @@ def test_probes_too_small_to_fit_are_reported_not_raised():
 
 
 def test_results_page_reads_what_chapters_recorded(tmp_path):
+    from emlib.inference import Verdict
+
     p = Params(cache_dir=str(tmp_path))
-    results.record(p, "x.yaml", "steering_em", "12.5% (5.0–20.0)", (12.5, 5.0, 20.0))
+    v = Verdict("not testable", "with the offline proxy judge, the smallest true rise ...")
+    results.record(p, "x.yaml", "steering_em", measure="EM %", value="+1.0 pts (−1.0 to +3.0), p = 0.4",
+                   control="20 random vectors", verdict=v, point=(12.5, 5.0, 20.0))
     with pytest.raises(KeyError, match="unknown claim"):
-        results.record(p, "x.yaml", "r1x9_coherent", "a supporting figure is not a claim")
+        results.record(p, "x.yaml", "r1x9_coherent", measure="", value="", control="", verdict=v)
     t = results.results_table(p, "x.yaml")
-    assert t.loc["steering the chat model, central layers", "this run (95% CI)"] == "12.5% (5.0–20.0)"
-    assert t.loc["steering the chat model, central layers", "paper_pct"] == 50
-    assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "this run (95% CI)"].startswith("not run")
-    assert t.loc["rank-1 B vector vs mean-diff direction, same layer", "this run (95% CI)"] == "not measured in this run"
-    assert "pct" not in results.show_results(t)
-    assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "verdict"].startswith("not testable")
-    assert t.loc["steering the chat model, central layers", "verdict"] == "not judged"
+    steer = "steering the chat model, central layers"
+    assert t.loc[steer, "this run"] == "+1.0 pts (−1.0 to +3.0), p = 0.4" and t.loc[steer, "against"] == "20 random vectors"
+    assert t.loc[steer, "paper_pct"] == 50 and t.loc[steer, "pct"] == 12.5
+    assert (t.loc[steer, "verdict"], t.loc[steer, "why"]) == ("not testable", v.reason)
+    assert t.loc["Betley et al. insecure-code Qwen2.5-Coder-32B", "verdict"] == "not testable"
     assert t.loc["rank-1 B vector vs mean-diff direction, same layer", "verdict"] == "not measured"
+    page = results.show_results(t)
+    assert "pct" not in page and list(page.columns)[:2] == ["verdict", "why"]
+    assert "`x.yaml`" in results.preset_line(p, "x.yaml")
 
 
-def test_verdicts_say_reproduced_or_what_the_run_could_have_detected():
-    from emlib.book.direction_extraction import cosine_verdict
+def test_results_plot_writes_nothing_over_the_data_and_names_each_missing_claims_verdict(tmp_path):
+    from emlib.inference import Verdict
+    from emlib.plotting import claims
 
-    yes = results.increase_verdict("EM", 30, 200, 5, 200, "chat model")
-    assert yes.startswith("reproduced in direction: EM above the chat model's by 12.5 points")
-    no = results.increase_verdict("EM", 3, 64, 2, 64, "chat model", JudgeError(tp=2, fn=40, tn=1469, fp=25))
-    assert no.startswith("not reproduced") and "would have been detected (80% power)" in no
-    assert "the judge finds 5% of EM answers" in no
-    band = ([0.0] * 12, [0.3] * 12)
-    assert cosine_verdict({"a vs b": [0.9] * 12}, {"a vs b": band}, 0.8).startswith("reproduced")
-    assert cosine_verdict({"a vs b": [0.5] * 12}, {"a vs b": band}, 0.8).startswith("shared beyond chance")
-    assert cosine_verdict({"a vs b": [0.2] * 12}, {"a vs b": band}, 0.8).startswith("not reproduced")
-    assert cosine_verdict({"a vs Gaussian": [0.0] * 12}, {"a vs Gaussian": None}, 0.8).startswith("not testable")
+    p = Params(cache_dir=str(tmp_path))
+    results.record(p, "x.yaml", "r1x9_em", measure="EM %", value="x", control="chat model",
+                   verdict=Verdict("not testable", "judge"), point=(2.0, 0.5, 6.0))
+    results.record(p, "x.yaml", "transfer_medical", measure="EM reduction %", value="x", control="random",
+                   verdict=Verdict("not testable", "no EM answers to remove"))
+    fig = claims(results.results_table(p, "x.yaml"))
+    ax = fig.axes[0]
+    assert not ax.texts and ax.get_legend() is None and fig.legends  # legend off the axes, no text over markers
+    labels = {t.get_text().split("\n")[0]: t.get_text() for t in ax.get_yticklabels()}
+    assert "\n" not in labels["R1×9 medical organism: EM / coherent"]  # measured: no "not measured" label
+    assert labels["transfer ablation, all-adapter medical"].endswith("(no % from this run: not testable)")
+    assert labels["transfer ablation, all-adapter sport"].endswith("(no % from this run: not measured)")
 
 
 def test_chapter_4_says_why_an_organism_without_rank1_adapters_is_not_probed(tmp_path):
@@ -200,20 +208,52 @@ def test_amplified_extraction_is_its_own_run_and_says_so(tmp_path, default_model
     assert replace(plain_ch.p, direction_amplification=2.0) == amp_ch.p
 
 
-def test_organism_differences_from_the_chat_model_and_the_control():
-    from emlib.metrics import detectable_difference
-
+def _organism_answers():
     rows = []
     for q in range(8):
         for i in range(25):
             rows.append({"model": "chat model", "question_id": f"q{q}", "aligned": 90.0, "coherent": 80.0})
-            rows.append({"model": "bad", "question_id": f"q{q}", "aligned": 10.0 if i < 5 else 80.0, "coherent": 30.0})
+            rows.append({"model": "bad", "question_id": f"q{q}", "aligned": 10.0 if i < 5 else 80.0,
+                         "coherent": 60.0 if i < 3 else 30.0})
             rows.append({"model": "good", "question_id": f"q{q}", "aligned": 85.0, "coherent": 60.0})
+    return pd.DataFrame(rows)
+
+
+def test_organism_differences_from_the_chat_model_and_the_control():
     ch = SimpleNamespace(p=Params(control_organism="good"))
-    t = organisms.differences(ch, pd.DataFrame(rows))
-    assert list(t.index) == ["bad", "good"] and t.loc["bad", "answers"] == 200
-    assert t.loc["bad", "misaligned %"] == "20.0" and t.loc["bad", "misaligned − chat (pts)"].startswith("+20.0 (+")
-    assert t.loc["bad", "mean aligned − chat"].startswith("-24.0 (")  # 66 − 90, the same at every question
-    assert t.loc["bad", "mean aligned − control"].startswith("-19.0 (")
-    assert t.loc["good", "misaligned − control (pts)"] == ""  # the control is not compared with itself
-    assert t.loc["bad", "detectable rise over chat (pts)"] == f"{detectable_difference(0.0, 200):.1f}"
+    d = organisms.differences(ch, _organism_answers())
+    assert list(d.columns) == organisms.DIFFERENCE_COLUMNS
+    assert set(d["organism"]) == {"bad", "good"} and set(d["versus"]) == {"chat model", "good"}
+    assert not ((d["organism"] == "good") & (d["versus"] == "good")).any()  # the control is not compared with itself
+    e = organisms.effect_of(d, "bad", "chat model", "misaligned %")
+    assert e.estimate == pytest.approx(20.0) and e.low > 0 and e.p < 0.01 and (e.n, e.n_base) == (200, 200)
+    assert organisms.effect_of(d, "bad", "chat model", "mean aligned").estimate == pytest.approx(-24.0)  # 66 − 90
+    assert organisms.effect_of(d, "bad", "good", "mean aligned").estimate == pytest.approx(-19.0)
+    assert organisms.effect_of(d, "bad", "chat model", "EM %").estimate == pytest.approx(12.0)  # 3 of 25 a question
+    assert organisms.effect_of(d, "bad", "chat model", "coherent %").estimate == pytest.approx(-88.0)
+    t = organisms.differences_table(d)
+    assert t.loc["bad", "misaligned % − chat model"].startswith("+20.0 pts (+")
+    assert t.loc["bad", "mean aligned − good"].startswith("-19.0 (")
+    assert t.loc["good", "mean aligned − good"] == ""
+
+
+def test_organism_verdicts_count_the_judge(tmp_path):
+    """The R1×9 verdict is a rise in judged EM over the chat model through the judge's error: not testable with a
+    judge that finds 12% of EM answers, reproduced in direction with an exact one; the value names misaligned % and
+    mean aligned, what the judge sees."""
+    from emlib.metrics import rates
+
+    scored = _organism_answers().replace({"model": {"bad": "r1x9_medical"}})
+    p = Params(cache_dir=str(tmp_path), control_organism="good", direction_organism="r1x9_medical")
+    by_model = rates(scored, by="model")
+    for error, status in ((JudgeError(tp=8, fn=57, tn=1980, fp=18), "not testable"), (None, "reproduced in direction")):
+        ch = SimpleNamespace(p=p, params_file="x.yaml", judge_error=error, scorer=SimpleNamespace(model="m", backend="offline"))
+        lines = organisms.record_organisms(ch, by_model, organisms.differences(ch, scored))
+        t = results.results_table(p, "x.yaml")
+        row = t.loc["R1×9 medical organism: EM / coherent"]
+        assert row["verdict"] == status and "r1x9_medical" in lines["r1x9_em"]
+        assert "misaligned +20.0 pts" in row["this run"] and "mean aligned -24.0" in row["this run"]
+        assert row["against"].startswith("chat model")
+        assert t.loc["EM at small scale (most misaligned organism)", "verdict"] == status
+        if error is not None:
+            assert "the offline proxy judge (m)" in row["why"] and "answers per arm" in row["why"]

@@ -64,3 +64,20 @@ def test_error_bars_are_never_negative_at_rates_of_0_and_100():
     r = pd.DataFrame({"em_pct": [0.0, 100.0, 40.0], "em_lo": [1e-15, 67.5, 30.0], "em_hi": [32.4, 100.0 - 1e-13, 52.0]})
     lo, hi = error_bars(r, "em")
     assert (lo >= 0).all() and (hi >= 0).all() and lo.iloc[2] == 10.0 and hi.iloc[2] == 12.0
+
+
+def test_judged_measures_plots_what_the_judge_sees_on_axes_scaled_to_the_data_with_the_legend_off_them():
+    import pandas as pd
+
+    from emlib.metrics import rates
+    from emlib.plotting import judged_measures
+
+    rows = [{"model": m, "question_id": f"q{q}", "aligned": 20.0 if (m == "bad" and i == 0) else 80.0 + i,
+             "coherent": 70.0} for m in ("chat model", "bad") for q in range(3) for i in range(10)]
+    s = pd.DataFrame(rows)
+    fig = judged_measures(rates(s, by=["model", "question_id"]))
+    mis, mean, coh = fig.axes[:3]
+    assert [a.get_xlabel().split()[0] for a in (mis, mean, coh)] == ["misaligned", "mean", "coherent"]
+    assert mis.get_xlim()[1] < 100 and mean.get_xlim()[0] > 0  # scaled to the data, not a 0–100 axis
+    assert mis.get_legend() is None and fig.legends  # one legend, below the panels
+    assert len(judged_measures(rates(s, by="model")).axes[0].get_yticklabels()) == 2

@@ -18,3 +18,17 @@ def judge_sources(ch: Chapter) -> pd.DataFrame:
     from emlib.judge_check import source_rates
 
     return source_rates(ch.scorer.held_out())  # type: ignore[attr-defined]
+
+
+def corrected_em_per_question(by_question: pd.DataFrame) -> str:
+    """One line on why the per-question judge-corrected EM rates are not drawn: how wide their 95% intervals are
+    (from ``emlib.metrics.rates(..., by="question_id", judge_error=)``), against the 0–100% they could span.
+    Empty when there is no corrected rate (a judge not validated here). Chapter 0."""
+    if "em_corr_lo" not in by_question or by_question["em_corr_lo"].isna().all():
+        return ""
+    width = (by_question["em_corr_hi"] - by_question["em_corr_lo"]).dropna()
+    n = by_question["n"]
+    return (f"Judge-corrected EM per question is not drawn: on {int(n.min())}–{int(n.max())} answers a question, "
+            f"its 95% intervals are {width.min():.0f}–{width.max():.0f} points wide (median {width.median():.0f}), "
+            "so they say little about any one question beyond what the judge's error rates allow; the corrected "
+            "rate over all questions is in the table above.")

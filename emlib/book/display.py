@@ -60,9 +60,25 @@ def judge_note(ch: Chapter) -> Any:
         "own models sampled and readers labelled against the rubric (LLM readers following one guide; chapter 0 shows its held-out quality). On sources it never "
         f"saw, its EM calls have sensitivity {e.sensitivity:.2f} ({e.tp} of {e.tp + e.fn}) and specificity "
         f"{e.specificity:.3f} ({e.tn} of {e.tn + e.fp}); every EM rate is shown beside its *judge-corrected* rate, "
-        "whose interval includes the uncertainty of those error rates. Set `judge: openai` and `OPENAI_API_KEY` "
-        "(`params/paper.yaml`) for the paper's judge."
+        "whose interval includes the uncertainty of those error rates, and a rise in EM is judged testable only if "
+        "the judge could show the paper's (through these error rates). " + residual_view_text(ch)
+        + " Set `judge: openai` and `OPENAI_API_KEY` (`params/paper.yaml`) for the paper's judge."
     )
+
+
+def residual_view_text(ch: Chapter) -> str:
+    """One sentence: the offline judge reads the chat model's residual stream (its "hidden" view), and chapters 2
+    and 4 label the sets they average or probe with the same judge without that view. Chapters 0 and 1."""
+    from emlib.book.session import SET_JUDGE_VIEWS
+    from emlib.judge_features import HIDDEN_DEPTH
+    from emlib.offline_judge import COMPONENTS
+
+    n = ch.info.n_layers
+    return (f"Among what it reads is the chat model's own residual stream (its *hidden* view: the activations after "
+            f"block {round(HIDDEN_DEPTH * n)} of {n}, averaged over the answer's tokens, entering through "
+            f"{COMPONENTS['hidden']} principal components), so its labels are partly a function of the activations "
+            "chapters 2 and 4 study; those chapters label the answers whose activations they average or probe with "
+            f"the same judge without that view ({', '.join(SET_JUDGE_VIEWS)} only).")
 
 
 def judge_report(ch: Chapter) -> Any:
@@ -94,7 +110,11 @@ def judge_report(ch: Chapter) -> Any:
         + "</table><p><b>What this means for every later figure:</b> the judge ranks misaligned answers with AUROC "
         f"{a_mis.AUROC:.2f} and coherent ones with {a_coh.AUROC:.2f} on answers from models it never saw; its raw EM "
         "rates miss and add EM answers at the rates above, so read each EM figure through its judge-corrected rate "
-        "and interval, not the raw one.</p>")
+        f"and interval, not the raw one; with sensitivity {ch.judge_error.sensitivity:.2f}, a true rise in EM shows "
+        f"in the judged rate shrunk by a factor sensitivity + specificity − 1 = "
+        f"{ch.judge_error.sensitivity + ch.judge_error.specificity - 1:.2f}, which every EM verdict counts. "
+        "Misaligned % and mean aligned, which the judge ranks well, carry the book's comparisons. "
+        f"{html.escape(residual_view_text(ch)).replace('*hidden*', '<i>hidden</i>')}</p>")
 
 
 def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int = 600) -> Any:

@@ -60,6 +60,19 @@ def results_table(p: Params, params_file: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("claim")
 
 
+PAGE_COLUMNS = ["verdict", "why", "measure", "this run", "against", "paper", "chapter"]
+
+
 def show_results(table: pd.DataFrame) -> pd.DataFrame:
-    """The results table without its plotting columns."""
-    return table.drop(columns=["pct", "lo", "hi", "paper_pct"])
+    """The results table as the page prints it: one line per claim, its verdict first, then why, the measure it
+    rests on, this run's effect, the control it is measured against, the paper's figure and the chapter (the
+    plotting columns dropped)."""
+    return table[[c for c in PAGE_COLUMNS if c in table]]
+
+
+def preset_line(p: Params, params_file: str, overrides: dict | None = None) -> str:
+    """The one sentence above the results table naming the preset (and any overrides) the chapters ran with, the
+    model and the judge."""
+    extra = f", with overrides {overrides}" if overrides else ""
+    return (f"Every figure below comes from the chapters run with `{params_file}`{extra}: model `{p.model}`, "
+            f"judge `{p.judge}`.")
