@@ -288,10 +288,13 @@ def steering_cells(rates: pd.DataFrame, title: str = "The direction at every cel
     return fig
 
 
-def probe_coefficients(results: dict, title: str = "Probe coefficients per adapter") -> Figure:
+def probe_coefficients(results: dict, title: str = "Probe coefficients per adapter",
+                       significant: dict[str, pd.Series] | None = None) -> Figure:
     """Standardised logistic-regression coefficients with bootstrap 95% CIs, one panel per probe (chapter 4).
 
-    ``results``: probe name -> ``emlib.probes.ProbeResult`` (None: not fitted, left out).
+    ``results``: probe name -> ``emlib.probes.ProbeResult`` (None: not fitted, left out); ``significant``: probe
+    name -> boolean Series by adapter, the coefficients drawn blue (chapter 4: Holm-adjusted p < α over all
+    coefficient tests); without it, those whose 95% CI excludes 0.
     """
     results = {name: r for name, r in results.items() if r is not None}
     if not results:
@@ -301,7 +304,9 @@ def probe_coefficients(results: dict, title: str = "Probe coefficients per adapt
     for ax, (name, r) in zip(axes[0], results.items()):
         c = r.coefficients
         err = [c["coef"] - c["lo"], c["hi"] - c["coef"]]
-        colors = ["#4c72b0" if (lo > 0 or hi < 0) else "#b0b0b0" for lo, hi in zip(c["lo"], c["hi"])]
+        marked = (significant[name].reindex(c.index).fillna(False) if significant and name in significant
+                  else (c["lo"] > 0) | (c["hi"] < 0))
+        colors = ["#4c72b0" if m else "#b0b0b0" for m in marked]
         ax.barh(range(len(c)), c["coef"], xerr=err, color=colors, error_kw={"lw": 1, "capsize": 3})
         ax.axvline(0, color="black", lw=0.8)
         ax.set(title=f"{name}\nAUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f}), n = {r.n}",
@@ -342,21 +347,23 @@ def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Fig
     return fig
 
 
-def adapter_cosines(cosines: pd.Series, paper: float, title: str = "B vectors vs the mean-diff direction") -> Figure:
-    """cos(B, mean-diff direction at the adapter's layer) per rank-1 adapter, the paper's figure as a line, and the
-    ±1/√d band two random directions fall in (chapter 4). ``cosines``: index adapter name, values cosines;
-    ``attrs["width"]`` (d_model) draws the band."""
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(cosines) + 1.6))
-    ax.barh(range(len(cosines)), cosines.values, color="#4c72b0", label="this run")
-    width = cosines.attrs.get("width")
-    if width:
-        ax.axvspan(-width ** -0.5, width ** -0.5, color="grey", alpha=0.2, label="±1/√d (random directions)")
-    ax.axvline(paper, color="#c44e52", ls="--", lw=1, label=f"paper: {paper:g}")
+def adapter_cosines(units: pd.Series, paper: float, title: str = "B vectors vs the mean-diff direction") -> Figure:
+    """cos(B, mean-diff direction at the adapter's layer)·√d per rank-1 adapter (units of 1/√d, the sd of a random
+    direction's cosine), the paper's figure in the same units as a line, and the null band the verdict uses
+    (chapter 4). ``units``: index adapter name, values cos·√d; ``attrs["band"]`` (half-width, same units) and
+    ``attrs["band_label"]`` draw the band. The legend sits below the axes, off the data."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(units) + 2.4))
+    ax.barh(range(len(units)), units.values, color="#4c72b0", label="this run")
+    band = units.attrs.get("band")
+    if band:
+        ax.axvspan(-band, band, color="grey", alpha=0.2, label=units.attrs.get("band_label", "null band"))
+    ax.axvline(paper, color="#c44e52", ls="--", lw=1, label=f"paper: {paper:.1f}/√d")
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(cosines)), list(cosines.index))
+    ax.set_yticks(range(len(units)), list(units.index))
     ax.invert_yaxis()
-    ax.set(xlabel="cosine similarity", xlim=(-1, 1), title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    reach = 1.15 * max(abs(paper), band or 0, float(units.abs().max()))
+    ax.set(xlabel="cosine × √d (units of 1/√d)", xlim=(-reach, reach), title=title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
     sns.despine(fig)
     fig.tight_layout()
     return fig

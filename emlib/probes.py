@@ -7,7 +7,13 @@ reads those numbers (A times each adapted module's input) in a teacher-forced pa
 keeps them token by token for one response. Logistic
 regressions on the features (standardised, regularisation chosen by cross-validation)
 say which adapters carry misalignment and which carry the medical context; their
-out-of-fold predictions give accuracy and AUROC with confidence intervals.
+out-of-fold predictions give accuracy and AUROC with confidence intervals, and
+``auroc_difference`` sets the trained readouts against random ones (paired bootstrap over
+answers). Coefficient roles are read after Holm's correction over every coefficient test
+(``adapter_roles``). The geometry is tested against nulls of the same dimension: the B-vector
+cosines against the exact cosine distribution of a uniformly random direction
+(``b_cosine_test``), the downstream cosines against random steering vectors
+(``downstream_cosines`` applied to each; ``null_band``).
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from scipy.stats import beta as beta_dist, norm, rankdata
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from emlib.activations import Batch, batches, encode
 from emlib.generate import input_device
+from emlib.inference import Effect, holm
 from emlib.interventions import envoy_at, wrap
-from emlib.metrics import bootstrap_auroc, wilson_interval
+from emlib.metrics import wilson_interval
 from emlib.models import decoder_layers
 
 
@@ -136,25 +144,48 @@ def token_scalars(model: nn.Module, tokenizer: PreTrainedTokenizerBase, question
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """A cross-validated probe: accuracy and AUROC with 95% CIs, and standardised coefficients per feature."""
+    """A cross-validated probe: accuracy and AUROC with 95% CIs, standardised coefficients per feature, and the
+    out-of-fold scores [n] with their labels [n] (for ``auroc_difference``)."""
 
     accuracy: float
     accuracy_ci: tuple[float, float]
     auroc: float
     auroc_ci: tuple[float, float]
-    coefficients: pd.DataFrame  # index: feature; columns: coef, lo, hi (bootstrap 95% CI)
+    coefficients: pd.DataFrame  # index: feature; columns: coef, lo, hi (bootstrap 95% CI), p (bootstrap, two-sided)
     n: int
     n_positive: int
     folds: int
+    labels: np.ndarray  # [n] bool
+    scores: np.ndarray  # [n] out-of-fold P(positive)
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: int = 0, n_boot: int = 100) -> ProbeResult:
+def bootstrap_p(draws: np.ndarray) -> np.ndarray:
+    """Two-sided bootstrap p-value of "the statistic is 0" per column of ``draws`` [n_boot, k]: twice the smaller
+    share of draws on either side of 0, each share counted as (1 + draws) / (1 + n_boot) so that p > 0 and
+    its smallest value is 2 / (1 + n_boot). [k]"""
+    d = np.asarray(draws, dtype=float)
+    b = len(d)
+    below, above = (d <= 0).sum(0), (d >= 0).sum(0)
+    return np.minimum(1.0, 2 * (1 + np.minimum(below, above)) / (1 + b))
+
+
+def bootstrap_wald_p(estimate: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Two-sided p of "the coefficient is 0" per column: 2·Φ(−|estimate / sd|), the sd that of the bootstrap
+    ``draws`` [n_boot, k] (a normal-approximation bootstrap test: unlike a percentile p its smallest value is not
+    tied to n_boot, so a Holm correction over many tests needs no thousands of refits). [k]"""
+    sd = np.asarray(draws, dtype=float).std(axis=0, ddof=1)
+    z = np.abs(np.asarray(estimate, dtype=float)) / np.where(sd > 0, sd, np.nan)
+    return np.nan_to_num(2 * norm.sf(z), nan=1.0)
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: int = 0, n_boot: int = 200) -> ProbeResult:
     """Logistic regression (standardised features, C by cross-validation, balanced classes) on
     ``features`` [n, k] predicting boolean ``labels`` [n].
 
     Accuracy and AUROC are out-of-fold (stratified k-fold, k = min(5, minority class size));
     accuracy has a Wilson CI, AUROC a bootstrap CI. Coefficients are those of the model fit on
-    all rows, with bootstrap 95% CIs (refits at the chosen C).
+    all rows, with bootstrap 95% CIs (``n_boot`` refits at the chosen C) and two-sided p-values from the
+    bootstrap sd (``bootstrap_wald_p``).
     """
     y = np.asarray(labels, dtype=int)
     minority = int(min(y.sum(), len(y) - y.sum()))
@@ -170,7 +201,9 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: 
         cv_model.fit(features, y)
     correct = int(((proba > 0.5) == y).sum())
     rng = np.random.default_rng(seed)
-    auroc_ci = bootstrap_auroc(y, proba, rng, n_boot)
+    idx = rng.integers(0, len(y), (n_boot, len(y)))
+    aucs = auroc_rows(y[idx].astype(bool), proba[idx])
+    auroc_ci = tuple(float(v) for v in np.nanpercentile(aucs, [2.5, 97.5]))
     c = float(np.ravel(cv_model[-1].C_)[0])
     coef = cv_model[-1].coef_[0]
     boots = []
@@ -180,21 +213,57 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, names: list[str], seed: 
             m = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", solver="liblinear", max_iter=2000))
             boots.append(m.fit(features[idx], y[idx])[-1].coef_[0])
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
-    table = pd.DataFrame({"coef": coef, "lo": lo, "hi": hi}, index=pd.Index(names, name="adapter"))
+    table = pd.DataFrame({"coef": coef, "lo": lo, "hi": hi, "p": bootstrap_wald_p(coef, np.asarray(boots))},
+                         index=pd.Index(names, name="adapter"))
     return ProbeResult(correct / len(y), wilson_interval(correct, len(y)), float(roc_auc_score(y, proba)),
-                       auroc_ci, table, len(y), int(y.sum()),
-                       folds)
+                       auroc_ci, table, len(y), int(y.sum()), folds, y.astype(bool), proba)
 
 
-def adapter_roles(misalignment: ProbeResult, medical: ProbeResult) -> pd.Series:
-    """Each adapter's role from the two probes' coefficient CIs: "general" (misalignment CI excludes 0),
-    "medical-specific" (only the medical CI excludes 0), "both", or "neither"."""
-    def significant(r: ProbeResult) -> pd.Series:
-        return (r.coefficients["lo"] > 0) | (r.coefficients["hi"] < 0)
+def auroc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC of each row: boolean ``labels`` [b, n], ``scores`` [b, n] (Mann–Whitney from mid-ranks, ties counted
+    half); nan for a row with one class only. [b]"""
+    y = np.asarray(labels, dtype=bool)
+    ranks = rankdata(np.asarray(scores, dtype=float), axis=1)
+    n1 = y.sum(1).astype(float)
+    n0 = y.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n1 > 0) & (n0 > 0), ((ranks * y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
 
-    mis, med = significant(misalignment), significant(medical)
+
+def auroc_difference(labels: np.ndarray, scores: np.ndarray, control_scores: np.ndarray, *, n_boot: int = 2000,
+                     seed: int = 0, measure: str = "trained − random-readout AUROC") -> Effect:
+    """AUROC(``scores``) − AUROC(``control_scores``) on the same answers (boolean ``labels`` [n]; out-of-fold scores
+    [n] of the trained probe and of the same probe on random readouts), with a 95% percentile interval and a
+    two-sided p (``bootstrap_p``) from a paired bootstrap over answers: each resample draws answers with
+    replacement and recomputes both AUROCs on them (resamples with one class only are skipped). Chapter 4."""
+    y = np.asarray(labels, dtype=bool)
+    a, b = np.asarray(scores, dtype=float), np.asarray(control_scores, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    d = auroc_rows(y[idx], a[idx]) - auroc_rows(y[idx], b[idx])
+    d = d[~np.isnan(d)]
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return Effect(measure, float(roc_auc_score(y, a) - roc_auc_score(y, b)), float(lo), float(hi),
+                  float(bootstrap_p(d[:, None])[0]), len(y), len(y),
+                  "paired bootstrap over answers of the out-of-fold AUROCs; percentile 95% interval")
+
+
+def role_tests(misalignment: ProbeResult, medical: ProbeResult, alpha: float = 0.05) -> pd.DataFrame:
+    """Every coefficient test of the two probes as one family: per adapter, each probe's bootstrap p and its
+    Holm-adjusted p over all 2·k tests (``emlib.inference.holm``), and the role read from the adjusted ones at
+    ``alpha``: "general" (misalignment coefficient ≠ 0), "medical-specific" (only the medical one ≠ 0),
+    "general + medical", or "neither". Index: adapter. Chapter 4."""
+    p = np.r_[misalignment.coefficients["p"].to_numpy(float), medical.coefficients["p"].to_numpy(float)]
+    adjusted = holm(p)
+    k = len(misalignment.coefficients)
+    mis, med = adjusted[:k] < alpha, adjusted[k:] < alpha
     roles = np.select([mis & med, mis, med], ["general + medical", "general", "medical-specific"], "neither")
-    return pd.Series(roles, index=misalignment.coefficients.index, name="role")
+    return pd.DataFrame({"misalignment p": p[:k], "misalignment p (Holm)": adjusted[:k], "medical p": p[k:],
+                         "medical p (Holm)": adjusted[k:], "role": roles}, index=misalignment.coefficients.index)
+
+
+def adapter_roles(misalignment: ProbeResult, medical: ProbeResult, alpha: float = 0.05) -> pd.Series:
+    """Each adapter's role from the two probes' coefficients, Holm-corrected over all of them (``role_tests``)."""
+    return role_tests(misalignment, medical, alpha)["role"]
 
 
 MIN_PROBE_CLASS = 5  # a probe is fitted only with at least this many answers in each class (chapter 4)
@@ -219,19 +288,28 @@ def fittable(labels: np.ndarray) -> bool:
     return int(min(labels.sum(), len(labels) - labels.sum())) >= MIN_PROBE_CLASS
 
 
-def roles_table(misalignment: ProbeResult | None, medical: ProbeResult | None) -> pd.DataFrame:
-    """Each adapter's two coefficients and role (``adapter_roles``); NaN and "n/a" where a probe was not fitted
-    (None). ``attrs["summary"]`` counts the roles. Chapter 4."""
+def roles_table(misalignment: ProbeResult | None, medical: ProbeResult | None, alpha: float = 0.05) -> pd.DataFrame:
+    """Each adapter's two coefficients, their Holm-adjusted p-values over all coefficient tests and its role
+    (``role_tests``); NaN and "n/a" where a probe was not fitted (None). ``attrs["summary"]`` counts the roles,
+    ``attrs["counts"]`` is role -> count. Chapter 4."""
     fitted = [r for r in (misalignment, medical) if r is not None]
     if not fitted:
         out = pd.DataFrame(columns=["role"]).rename_axis("adapter")
-        out.attrs["summary"] = "no probe fitted"
+        out.attrs.update(summary="no probe fitted", counts={})
         return out
+    index = fitted[0].coefficients.index
     out = pd.DataFrame({"misalignment coef": misalignment.coefficients["coef"].round(3) if misalignment else np.nan,
-                        "medical coef": medical.coefficients["coef"].round(3) if medical else np.nan,
-                        "role": adapter_roles(misalignment, medical) if misalignment and medical
-                        else "n/a (a probe was not fitted)"}, index=fitted[0].coefficients.index)
-    out.attrs["summary"] = ", ".join(f"{n} {role}" for role, n in out["role"].value_counts().items())
+                        "medical coef": medical.coefficients["coef"].round(3) if medical else np.nan}, index=index)
+    if misalignment and medical:
+        tests = role_tests(misalignment, medical, alpha)
+        out["misalignment p (Holm)"] = tests["misalignment p (Holm)"].round(3)
+        out["medical p (Holm)"] = tests["medical p (Holm)"].round(3)
+        out["role"] = tests["role"]
+    else:
+        out["role"] = "n/a (a probe was not fitted)"
+    counts = out["role"].value_counts()
+    out.attrs.update(summary=", ".join(f"{n} {role}" for role, n in counts.items()),
+                     counts={str(r): int(n) for r, n in counts.items()})
     return out
 
 
@@ -241,7 +319,45 @@ def b_direction_cosines(adapters: list[Adapter], directions: torch.Tensor) -> pd
                      index=pd.Index([ad.name for ad in adapters], name="adapter"), name="cosine(B, mean-diff)")
 
 
+def random_cosine_band(d: int, level: float) -> float:
+    """Half-width h with P(|cos(u, v)| ≤ h) = ``level`` for u uniform on the unit sphere of R^d and any fixed v:
+    (cos + 1)/2 ~ Beta((d − 1)/2, (d − 1)/2) exactly (sd of cos = 1/√d). Chapter 4's band for the B vectors."""
+    a = (d - 1) / 2
+    return float(2 * beta_dist.ppf((1 + level) / 2, a, a) - 1)
+
+
+def random_cosine_p(cosines: np.ndarray, d: int) -> np.ndarray:
+    """Two-sided p = P(|cos(u, v)| ≥ |c|) of each cosine c in ``cosines`` [k] under the same null as
+    ``random_cosine_band`` (u uniform on the unit sphere of R^d). [k]"""
+    a = (d - 1) / 2
+    c = np.abs(np.asarray(cosines, dtype=float))
+    return np.minimum(1.0, 2 * beta_dist.sf((c + 1) / 2, a, a))
+
+
+def b_cosine_test(cosines: pd.Series, d: int, alpha: float = 0.05) -> pd.DataFrame:
+    """Each B-vector cosine (``b_direction_cosines``) against the cosine of a uniformly random direction in R^``d``:
+    columns ``cosine``, ``cos·√d`` (in units of 1/√d, the null's sd), ``p`` (``random_cosine_p``), ``p (Bonferroni)``
+    (× the number of adapters) and ``outside`` (|cos| beyond the family-wise band, i.e. Bonferroni p < ``alpha``).
+    ``attrs``: ``d``, ``alpha``, ``band`` (one vector's 1 − alpha band) and ``family_band`` (the 1 − alpha/k band:
+    the band the verdict and chapter 4's plot use). Chapter 4."""
+    c = cosines.to_numpy(float)
+    p = random_cosine_p(c, d)
+    family = random_cosine_band(d, 1 - alpha / len(c))
+    out = pd.DataFrame({"cosine": c, "cos·√d": c * np.sqrt(d), "p": p, "p (Bonferroni)": np.minimum(1.0, p * len(c)),
+                        "outside": np.abs(c) > family}, index=cosines.index)
+    out.attrs.update(d=d, alpha=alpha, band=random_cosine_band(d, 1 - alpha), family_band=family)
+    return out
+
+
 def downstream_cosines(base: torch.Tensor, organism: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
     """cos(organism − base, steered − base) per layer, from answer-token means [n_layers, d] of the same texts:
     how alike the activation changes induced by the adapters and by steering are, layer by layer. [n_layers]"""
     return torch.nn.functional.cosine_similarity(organism - base, steered - base, dim=-1)
+
+
+def null_band(null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, the lowest and highest of the random steering vectors' downstream cosines ``null``
+    [n_random, n_layers] (each row ``downstream_cosines`` with a random vector in place of the direction): the
+    band chapter 4 draws and its verdict reads. ([n_layers], [n_layers])"""
+    n = np.asarray(null, dtype=float)
+    return np.nanmin(n, axis=0), np.nanmax(n, axis=0)

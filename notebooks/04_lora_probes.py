@@ -28,16 +28,24 @@
 # **Method.**
 # 1. Read A·x at every answer token with a teacher-forced pass through the organism
 #    (`emlib.probes.lora_scalars`, the `lora_A` outputs via nnsight); average per answer.
-# 2. Probe (a): misaligned vs aligned answers to the eight general questions (chapter 2's
-#    sets). Probe (b): answers to this project's eight medical questions vs the general
-#    ones. Standardised features, regularisation by cross-validation, balanced classes;
-#    accuracy and AUROC are out-of-fold, coefficients have bootstrap CIs. A probe is
-#    fitted only with at least five answers in each class; at small scale probe (a)
-#    often has fewer misaligned answers than that, and the table says so.
-# 3. Geometry: cos(B, direction at B's layer); and, on the same texts (chapter 2's
-#    extraction answers, or a seeded sample of `geometry_answers` of them), the change of the
-#    answer-token means from the chat model's when the adapters are on vs when the chat
-#    model is steered with the direction, compared layer by layer.
+# 2. Probe (a): misaligned vs aligned answers to the general questions, with chapter 2's sets
+#    and chapter 2's labels (the note below names the judge). Probe (b): answers to this
+#    project's medical questions vs the general ones. Standardised features, regularisation by
+#    cross-validation, balanced classes; accuracy and AUROC are out-of-fold. A probe is fitted
+#    only with enough answers in each class (`emlib.probes.MIN_PROBE_CLASS`); the table says
+#    when it is not.
+# 3. Each probe has a control: the same probe on random readouts (each A replaced by a random
+#    vector of its norm, read from the same activations). The verdict per probe is the
+#    trained minus random-readout AUROC with a 95% interval from a paired bootstrap over
+#    answers. Coefficient roles come from bootstrap p-values, Holm-corrected over every
+#    coefficient test of both probes.
+# 4. Geometry, each against a null of the same dimension: cos(B, direction at B's layer)
+#    against the exact cosine distribution of a uniformly random direction in the model's
+#    width, in units of $1/\sqrt{d}$ (the null's standard deviation), beside the paper's in the
+#    same units; and, on the same texts, the change of the answer-token means from the chat
+#    model's when the adapters are on vs when the chat model is steered with the direction,
+#    layer by layer, against the same comparison with random steering vectors of the
+#    direction's norm.
 
 # %% tags=["parameters"]
 params_file = "params/default.yaml"  # preset; the LoRA-scalar sections need direction_organism to be rank-1 adapters (emlib/config.py)
@@ -46,8 +54,7 @@ overrides = {}  # keys of emlib.config.Params on top
 # %%
 from emlib import book, paper, plotting
 from emlib.book import display, lora_probes as chapter
-from emlib.book.direction_extraction import source_of, topic_direction
-from emlib.models import paper_layer
+from emlib.book.direction_extraction import labels_note, source_of, topic_direction
 
 ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
 p = ch.p
@@ -55,19 +62,25 @@ probed = chapter.probed_organism(ch)  # the direction organism, unmerged with it
 display.provenance(ch, probed.info)
 
 # %%
-source, general = source_of(ch)  # the direction and the judged answers, from chapter 2's cache
-adapters_table = roles = fitted = control = None
+source, general = source_of(ch)  # the direction and the judged answers, from chapter 2's cache (chapter 2's labels)
+display.note(labels_note(ch))
+adapters_table = roles = fitted = control = effects = None
 if probed.skipped:
     display.note(probed.skipped)
 else:
     adapters_table = chapter.adapter_table(probed.adapters, source)
     display.show(adapters_table)
-    plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=paper.value("b_cosine"));
+    plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=chapter.paper_b_units());
+    display.note(f"**Null band:** {chapter.band_label(adapters_table)}; the paper's {paper.value('b_cosine'):g} at "
+                 f"d = {paper.D_MODEL} is {chapter.paper_b_units():.1f}/√d. "
+                 f"**Verdict:** {chapter.b_verdict(adapters_table).text()}.")
 
 # %% [markdown]
-# Each B vector against the mean-diff direction at its own layer, beside the paper's
-# figure. A cosine near 0 is what two unrelated directions give: the grey band is one
-# standard deviation of the cosine of two random directions, 1/√d_model.
+# Each B vector against the mean-diff direction at its own layer, in units of $1/\sqrt{d}$, beside
+# the paper's figure in the same units. The grey band is where a uniformly random direction's
+# cosine falls, at a family-wise level over the adapters (Bonferroni): the same band the
+# verdict reads. A bar inside it is as orthogonal to the direction as chance makes two
+# unrelated directions at this width.
 #
 # ## Probes on the LoRA scalars
 
@@ -77,23 +90,31 @@ if not probed.skipped:
     datasets = chapter.probe_datasets(ch, general, medical)
     fitted, control = chapter.fit_probes(ch, probed, datasets)  # and the same probes on untrained (random) readouts
     display.show(chapter.probe_table(fitted, datasets, control))
-    plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})");
+    effects = chapter.probe_effects(fitted, control, p.seed)
+    display.show(chapter.probe_verdicts(fitted, control, effects))
+    for name, e in effects.items():
+        display.note(chapter.probe_reading(name, e))
 
 # %% [markdown]
-# Each probe is followed by its control: the same probe on the same activations (the
-# organism's, in the same teacher-forced pass) read along a random vector of the same norm
-# as each A instead of A — what an untrained readout of those activations would give. A
-# probe that does no better than its control says the trained readouts carry nothing a
-# random one does not.
+# The first table gives each probe and its control: the same probe on the same activations
+# read along a random vector of the same norm as each A instead of A, what an untrained
+# readout of those activations gives. The second sets them against each other on the same
+# answers: a difference whose interval lies above 0 says the trained readouts carry more
+# than random ones; one whose interval includes 0 is no evidence that they do.
 #
-# Blue bars: coefficients whose bootstrap 95% interval excludes zero. An adapter is
-# *general* if it predicts misalignment, *medical-specific* if it predicts only the
-# medical context. The paper: six general and two medical-specific of nine.
+# Which adapters carry what: blue bars are coefficients whose Holm-adjusted p is below the
+# test level over all coefficient tests of both probes. An adapter is *general* if it
+# predicts misalignment, *medical-specific* if it predicts only the medical context. The
+# paper: six general and two medical-specific of nine. The roles are compared with the
+# paper's only when both probes beat their random readouts.
 
 # %%
 if not probed.skipped:
     roles = chapter.roles(fitted)
+    plotting.probe_coefficients(fitted, title=f"Which adapters carry what ({p.direction_organism})",
+                                significant=chapter.significant(roles));
     display.show(roles)
+    display.note(f"Correction: {chapter.ROLES_CORRECTION}. **Verdict:** {chapter.roles_verdict(roles, effects).text()}.")
 
 # %% [markdown]
 # The probes average A·x over each answer. The same scalars token by token, over the
@@ -109,16 +130,21 @@ if not probed.skipped:
 # ## Where the adapters write: induced changes downstream
 
 # %%
-cosines, steer_layer = chapter.downstream_geometry(ch, probed.ft, general, source)
-chapter.record_probes(ch, adapters_table, roles, fitted, cosines, control)  # for the results page
-paper_at = int(paper.value("downstream_layer"))
-plotting.by_layer({"cos(Δ adapters, Δ steering)": cosines}, ylabel="cosine", hline=paper.value("downstream_cosine"),
+downstream = chapter.downstream_geometry(ch, probed.ft, general, source)
+chapter.record_probes(ch, adapters_table, roles, effects, downstream)  # for the results page
+lo, hi = downstream.band
+name = "cos(Δ adapters, Δ steering with the direction)"
+plotting.by_layer({name: downstream.cosines.tolist()}, ylabel="cosine", hline=paper.value("downstream_cosine"),
                   hline_label=f"paper: {paper.FIGURES['downstream_cosine'].text}",
-                  marks={"steered layer": steer_layer, f"paper's layer {paper_at} (rel. depth)": paper_layer(paper_at, len(cosines))},
-                  title="Activation changes induced by the adapters vs by steering");
+                  bands={name: (lo.tolist(), hi.tolist())},
+                  band_label=f"range of {len(downstream.null)} random steering vectors (null)",
+                  marks={"steered layer": downstream.steer_layer, "paper's depth": downstream.paper_at},
+                  title="Activation changes induced by the adapters vs by steering", legend_outside=True);
+display.note(chapter.downstream_note(downstream))
 
 # %% [markdown]
-# Before the steered layer the steering changes nothing, so the cosine there is noise.
-# From it on, a rising cosine says the adapters — writing along directions almost
-# orthogonal to the mean-diff vector — still move later activations the way steering
-# along it does.
+# Before the steered layer the steering changes nothing, so the cosine there is empty of
+# meaning. From it on, the line is the direction's cosine and the shaded band the range of
+# random steering vectors of the same norm at the same layer: a random push also moves the
+# later activations, so only a cosine above the band says the adapters move them the way
+# steering along the direction does, more than along any direction would.

@@ -171,3 +171,147 @@ def test_random_readouts_read_along_same_norm_random_directions_in_the_same_pass
     torch.testing.assert_close(both[..., 2:], lora_scalars(r1_model, batch, control))
     assert not torch.allclose(both[..., :2], both[..., 2:])
     torch.testing.assert_close(random_readouts(adapters, seed=3)[0].a, control[0].a)  # seeded
+
+
+# --- chapter 4's nulls and verdicts (issue 21, item 6) ---
+
+def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_random_direction_band_holds_five_percent_outside_at_d_576():
+    from emlib.probes import random_cosine_band, random_cosine_p
+
+    d, rng = 576, np.random.default_rng(0)
+    v = _unit_rows(rng, 1, d)[0]
+    cos = _unit_rows(rng, 20000, d) @ v
+    band = random_cosine_band(d, 0.95)
+    assert band == pytest.approx(1.96 / np.sqrt(d), rel=0.02)  # sd of the cosine ≈ 1/√d
+    assert np.mean(np.abs(cos) > band) == pytest.approx(0.05, abs=0.006)
+    assert np.std(cos) * np.sqrt(d) == pytest.approx(1.0, abs=0.02)
+    p = random_cosine_p(cos, d)  # uniform under the null
+    assert np.mean(p < 0.05) == pytest.approx(0.05, abs=0.006) and np.mean(p < 0.5) == pytest.approx(0.5, abs=0.015)
+
+
+def test_b_cosine_band_is_family_wise_and_flags_a_planted_b_vector():
+    from emlib.probes import b_cosine_test
+
+    d, k, rng = 576, 9, np.random.default_rng(1)
+    v = _unit_rows(rng, 1, d)[0]
+    sets = 2000
+    any_outside = np.mean([b_cosine_test(pd.Series(_unit_rows(rng, k, d) @ v), d)["outside"].any() for _ in range(sets)])
+    assert any_outside == pytest.approx(0.05, abs=0.015)  # family-wise 5% over the nine adapters
+    b = _unit_rows(rng, k, d)
+    b[4] = 0.3 * v + b[4] * np.sqrt(1 - 0.3 ** 2)  # one B vector writes partly along the direction (cos ≈ 0.3 = 7/√d)
+    test = b_cosine_test(pd.Series(b @ v, index=[f"L{i}" for i in range(k)]), d)
+    assert test["outside"].tolist() == [i == 4 for i in range(k)]
+    assert test.attrs["family_band"] > test.attrs["band"] and test.loc["L4", "cos·√d"] > 6
+    assert (test["outside"] == (test["p (Bonferroni)"] < 0.05)).all()  # the band and the p-values agree
+
+
+def test_b_verdict_and_plot_read_the_same_band():
+    from emlib.book.lora_probes import b_cosines, b_verdict
+
+    d = 576
+    def table(cosines):
+        from emlib.probes import b_cosine_test
+        t = b_cosine_test(pd.Series(cosines, index=["L1.down_proj", "L2.down_proj"]), d)
+        out = pd.DataFrame({"cos·√d": t["cos·√d"], "outside the band": t["outside"]})
+        out.attrs.update(t.attrs)
+        return out
+
+    inside = table([0.08, -0.05])  # 1.9/√d: inside the two adapters' family-wise band (2.24/√d)
+    assert b_verdict(inside).status == "reproduced"
+    assert b_verdict(table([0.121, 0.0])).status == "not reproduced"  # 2.9/√d (the paper's 0.04 at its width) is outside
+    units = b_cosines(inside)
+    assert units.attrs["band"] == pytest.approx(inside.attrs["family_band"] * np.sqrt(d))
+    assert f"{inside.attrs['family_band']:.3f}" in units.attrs["band_label"] and units.attrs["band_label"] in b_verdict(inside).reason
+    out = table([0.4, 0.0])
+    v = b_verdict(out)
+    assert v.status == "not reproduced" and "L1.down_proj" in v.reason and "L2.down_proj" not in v.reason
+
+
+def test_auroc_rows_match_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from emlib.probes import auroc_rows
+
+    rng = np.random.default_rng(2)
+    y = rng.random((5, 40)) < 0.4
+    s = rng.integers(0, 4, (5, 40)).astype(float)  # many ties
+    np.testing.assert_allclose(auroc_rows(y, s), [roc_auc_score(a, b) for a, b in zip(y, s)])
+    assert np.isnan(auroc_rows(np.zeros((1, 4), bool), s[:1, :4]))[0]
+
+
+def test_trained_minus_random_auroc_interval_clears_zero_only_with_signal():
+    from emlib.probes import auroc_difference
+
+    rng = np.random.default_rng(3)
+    n = 200
+    y = rng.random(n) < 0.4
+    planted = rng.normal(size=(n, 4))
+    planted[:, 0] += 1.5 * y  # the trained readouts carry the label
+    noise, other_noise = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    names = list("abcd")
+    trained, random_ = fit_probe(planted, y, names), fit_probe(noise, y, names)
+    e = auroc_difference(trained.labels, trained.scores, random_.scores)
+    assert e.low > 0 and e.estimate == pytest.approx(trained.auroc - random_.auroc) and e.p < 0.01
+    null = auroc_difference(random_.labels, random_.scores, fit_probe(other_noise, y, names).scores)
+    assert null.low < 0 < null.high and null.p > 0.05
+
+
+def test_holm_roles_on_a_planted_case():
+    from emlib.probes import role_tests
+
+    rng = np.random.default_rng(5)  # (at seed 4 noise feature a5 correlates with the label at t-test p = 0.001: a
+    # family-wise 5% error, which Holm allows; the quiet case below is the null check)
+    n, names = 300, [f"a{i}" for i in range(9)]
+    y_mis, y_med = rng.random(n) < 0.4, rng.random(n) < 0.5
+    x_mis, x_med = rng.normal(size=(n, 9)), rng.normal(size=(n, 9))
+    x_mis[:, [1, 2]] += 1.2 * y_mis[:, None]
+    x_med[:, 7] += 1.2 * y_med
+    x_med[:, 2] += 1.2 * y_med
+    tests = role_tests(fit_probe(x_mis, y_mis, names), fit_probe(x_med, y_med, names))
+    assert tests.loc["a1", "role"] == "general" and tests.loc["a2", "role"] == "general + medical"
+    assert tests.loc["a7", "role"] == "medical-specific"
+    assert (tests.drop(["a1", "a2", "a7"])["role"] == "neither").all()
+    assert (tests["misalignment p (Holm)"] >= tests["misalignment p"]).all()  # adjusted over the family of 18
+    quiet = role_tests(fit_probe(rng.normal(size=(n, 9)), y_mis, names), fit_probe(rng.normal(size=(n, 9)), y_med, names))
+    assert (quiet["role"] == "neither").all()
+
+
+def test_roles_verdict_needs_both_probes_to_beat_random_readouts():
+    from emlib.book.lora_probes import roles_verdict
+    from emlib.inference import Effect
+
+    def effect(lo, hi):
+        return Effect("d", (lo + hi) / 2, lo, hi, 0.5, 100, 100, "m")
+
+    roles_ = pd.DataFrame({"role": ["general"] * 6 + ["medical-specific"] * 2 + ["neither"]})
+    roles_.attrs["counts"] = {"general": 6, "medical-specific": 2, "neither": 1}
+    strong = {"misaligned vs aligned": effect(0.05, 0.2), "medical vs general context": effect(0.1, 0.3)}
+    assert roles_verdict(roles_, strong).status == "reproduced"
+    weak = {**strong, "misaligned vs aligned": effect(-0.05, 0.18)}
+    v = roles_verdict(roles_, weak)
+    assert v.status == "not reproduced" and "not supported" in v.reason and "no evidence" in v.reason
+    assert roles_verdict(roles_, {**strong, "misaligned vs aligned": None}).status == "not testable"
+    roles_.attrs["counts"] = {"general": 3, "medical-specific": 1, "neither": 5}
+    assert roles_verdict(roles_, strong).status == "reproduced in direction"
+
+
+def test_downstream_verdict_plot_and_text_share_one_band():
+    from emlib.book.lora_probes import Downstream, downstream_note, downstream_verdict
+
+    layers = 12
+    null = np.tile(np.linspace(0, 0.3, layers), (5, 1)) + np.linspace(-0.1, 0.1, 5)[:, None]
+    above = Downstream(np.full(layers, 0.8), null, steer_layer=6, paper_at=10, n_answers=32)
+    cos, lo, hi = above.at_paper
+    assert (lo, hi) == pytest.approx((null[:, 10].min(), null[:, 10].max()))
+    v = downstream_verdict(above)
+    assert v.status == "reproduced in direction" and f"{lo:.2f} to {hi:.2f}" in v.reason
+    assert f"{lo:.2f} to {hi:.2f}" in downstream_note(above) and above.rank_p == pytest.approx(1 / 6)
+    inside = Downstream(np.full(layers, 0.25), null, steer_layer=6, paper_at=10, n_answers=32)
+    assert downstream_verdict(inside).status == "not reproduced"
+    early = Downstream(np.full(layers, 0.8), null, steer_layer=6, paper_at=4, n_answers=32)
+    assert downstream_verdict(early).status == "not testable"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -17,7 +18,12 @@ from emlib.directions import Directions
 from emlib.interventions import steer
 from emlib.models import LoadInfo, paper_layer, single_direction_layer
 from emlib.organisms import fetch
-from emlib.paper import FIGURES, value
+from emlib.book import display
+from emlib.book.direction_extraction import labels_note
+from emlib.controls import gaussian
+from emlib.inference import Effect, Verdict, rank_test
+from emlib.metrics import Thresholds
+from emlib.paper import D_MODEL, FIGURES, PROBE_ROLES, value
 from emlib.sources import read_adapter
 
 
@@ -61,22 +67,49 @@ def probed_organism(ch: Chapter) -> Probed:
     return Probed(name, ft, info, model=model, tok=tok, adapters=probes.rank1_adapters(model))
 
 
-def adapter_table(adapters: list[probes.Adapter], direction: Directions) -> pd.DataFrame:
-    """Per rank-1 adapter: layer, ‖A‖, ‖B‖ (scaling included), cos(B, mean-diff direction at its layer) and
-    the paper's cosine. ``attrs["width"]``: d_model, for the random-direction band of the plot."""
-    cos = probes.b_direction_cosines(adapters, direction.vectors)
+def adapter_table(adapters: list[probes.Adapter], direction: Directions, alpha: float = Thresholds().alpha) -> pd.DataFrame:
+    """Per rank-1 adapter: layer, ‖A‖, ‖B‖ (scaling included), cos(B, mean-diff direction at its layer), the same in
+    units of 1/√d, its p against a uniformly random direction and whether it lies outside the family-wise band
+    (``emlib.probes.b_cosine_test``; its ``attrs`` — ``d``, ``alpha``, ``band``, ``family_band`` — are kept)."""
+    test = probes.b_cosine_test(probes.b_direction_cosines(adapters, direction.vectors), direction.width, alpha)
     table = pd.DataFrame({"layer": [a.layer for a in adapters], "‖A‖": [round(float(a.a.norm()), 3) for a in adapters],
-                          "‖B‖": [round(float(a.b.norm()), 3) for a in adapters], cos.name: cos.round(3).values,
-                          "paper": value("b_cosine")}, index=cos.index)
-    table.attrs["width"] = direction.width
+                          "‖B‖": [round(float(a.b.norm()), 3) for a in adapters], "cosine(B, mean-diff)": test["cosine"].round(3),
+                          "cos·√d": test["cos·√d"].round(2), "p (Bonferroni)": test["p (Bonferroni)"].round(3),
+                          "outside the band": test["outside"]}, index=test.index)
+    table.attrs.update(test.attrs)
     return table
 
 
+def paper_b_units() -> float:
+    """The paper's B-vector cosine in units of 1/√d at its own width: 0.04·√5120."""
+    return value("b_cosine") * np.sqrt(D_MODEL)
+
+
 def b_cosines(adapters_table: pd.DataFrame) -> pd.Series:
-    """The B-vector cosines of ``adapter_table``, with the residual width (``attrs["width"]``) for the band."""
-    cos = adapters_table["cosine(B, mean-diff)"].copy()
-    cos.attrs["width"] = adapters_table.attrs["width"]
-    return cos
+    """The B-vector cosines of ``adapter_table`` in units of 1/√d, with the family-wise band in the same units
+    (``attrs["band"]``) and its label (``attrs["band_label"]``): what chapter 4's plot draws."""
+    a = adapters_table.attrs
+    units = adapters_table["cos·√d"].copy()
+    units.attrs.update(band=a["family_band"] * np.sqrt(a["d"]), band_label=band_label(adapters_table))
+    return units
+
+
+def band_label(adapters_table: pd.DataFrame) -> str:
+    """The B-vector null band in words, as the plot, the text and the verdict say it."""
+    a, k = adapters_table.attrs, len(adapters_table)
+    return (f"random direction at d = {a['d']}: |cos| ≤ {a['family_band']:.3f} = {a['family_band'] * np.sqrt(a['d']):.2f}/√d "
+            f"({100 * (1 - a['alpha']):g}% family-wise over {k} adapters, Bonferroni)")
+
+
+def b_verdict(adapters_table: pd.DataFrame) -> Verdict:
+    """``b_cosine``: reproduced when every B vector lies inside the family-wise band of a random direction."""
+    outside = adapters_table.index[adapters_table["outside the band"]].tolist()
+    paper = f"the paper's {value('b_cosine'):g} at d = {D_MODEL} is {paper_b_units():.1f}/√d"
+    if not outside:
+        return Verdict("reproduced", f"every B vector is as orthogonal to the direction as a random direction "
+                       f"({band_label(adapters_table)}; largest |cos|·√d {adapters_table['cos·√d'].abs().max():.1f}; {paper})")
+    return Verdict("not reproduced", f"{len(outside)} of {len(adapters_table)} B vectors lie outside the band of a "
+                   f"random direction ({', '.join(outside)}; {band_label(adapters_table)}; {paper})")
 
 
 def probe_datasets(ch: Chapter, general: pd.DataFrame, medical: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
@@ -133,9 +166,85 @@ def probe_table(results: dict[str, probes.ProbeResult | None], datasets: dict[st
     return pd.DataFrame(rows, index=pd.Index(index, name="probe"))
 
 
-def roles(results: dict[str, probes.ProbeResult | None]) -> pd.DataFrame:
-    """``emlib.probes.roles_table`` of the two probes."""
-    return probes.roles_table(results["misaligned vs aligned"], results["medical vs general context"])
+def probe_effects(trained: Probes, control: Probes, seed: int = 0) -> dict[str, Effect | None]:
+    """Per probe, trained minus random-readout AUROC on the same answers (``emlib.probes.auroc_difference``: paired
+    bootstrap over answers of the out-of-fold scores); None where a probe was not fitted."""
+    return {name: None if r is None or control.get(name) is None else
+            probes.auroc_difference(r.labels, r.scores, control[name].scores, seed=seed) for name, r in trained.items()}
+
+
+def beats_random(e: Effect) -> bool:
+    """Whether the trained readouts carry more than random ones: the difference's 95% interval is above 0."""
+    return e.low > 0
+
+
+def probe_reading(name: str, e: Effect | None) -> str:
+    """One probe's verdict in words: ``"misaligned vs aligned: trained − random AUROC +0.07 (−0.05 to +0.18), p = …:
+    no evidence the trained readouts carry more"``."""
+    if e is None:
+        return f"{name}: not fitted (fewer than {probes.MIN_PROBE_CLASS} answers in a class)"
+    return f"{name}: trained − random AUROC {display.effect_text(e, unit='', digits=2)}: {reading(e)}"
+
+
+def reading(e: Effect) -> str:
+    """What a trained − random AUROC difference says, from its 95% interval."""
+    return ("the trained readouts carry more than random ones" if beats_random(e) else
+            "the trained readouts carry less than random ones" if e.high < 0 else
+            "no evidence the trained readouts carry more")
+
+
+def probe_verdicts(trained: Probes, control: Probes, effects: dict[str, Effect | None]) -> pd.DataFrame:
+    """Per probe: the trained and random-readout AUROCs and their difference with its 95% interval, and the reading
+    (``probe_reading``). Chapter 4's verdict table for the probes."""
+    rows = {}
+    for name, e in effects.items():
+        r, c = trained[name], control.get(name)
+        rows[name] = {"trained AUROC": "" if r is None else f"{r.auroc:.2f}",
+                      "random readouts AUROC": "" if c is None else f"{c.auroc:.2f}",
+                      "trained − random (95% CI)": "not fitted" if e is None else display.effect_text(e, unit="", digits=2),
+                      "reading": "" if e is None else reading(e)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("probe")
+
+
+def roles(results: Probes) -> pd.DataFrame:
+    """``emlib.probes.roles_table`` of the two probes (Holm over all their coefficient tests at ``Thresholds.alpha``)."""
+    return probes.roles_table(results["misaligned vs aligned"], results["medical vs general context"], Thresholds().alpha)
+
+
+def significant(roles_: pd.DataFrame) -> dict[str, pd.Series] | None:
+    """Per probe, which adapters' coefficients are non-zero after the correction (from the roles), for the plot;
+    None when a probe was not fitted (no roles: the plot marks each CI that excludes 0)."""
+    if "misalignment p (Holm)" not in roles_:
+        return None
+    r = roles_["role"]
+    return {"misaligned vs aligned": r.isin(["general", "general + medical"]),
+            "medical vs general context": r.isin(["medical-specific", "general + medical"])}
+
+
+ROLES_CORRECTION = "Holm over all coefficient tests of both probes (bootstrap-sd p-values)"
+
+
+def roles_verdict(roles_: pd.DataFrame, effects: dict[str, Effect | None]) -> Verdict:
+    """``probe_roles``: not testable when a probe is not fitted; the roles are compared with the paper's only when
+    every probe's trained readouts beat random ones, and are otherwise not supported."""
+    unfitted = [name for name, e in effects.items() if e is None]
+    if unfitted:
+        return Verdict("not testable", f"{', '.join(unfitted)} not fitted (fewer than {probes.MIN_PROBE_CLASS} answers "
+                       "in a class)")
+    weak = [name for name, e in effects.items() if not beats_random(e)]
+    if weak:
+        return Verdict("not reproduced", "the roles are not supported: " + "; ".join(
+            probe_reading(name, effects[name]) for name in weak))
+    counts = roles_.attrs["counts"]
+    mine = {"general": counts.get("general", 0) + counts.get("general + medical", 0),
+            "medical-specific": counts.get("medical-specific", 0)}
+    text = (f"{mine['general']} general, {mine['medical-specific']} medical-specific of {len(roles_)} ({ROLES_CORRECTION}) "
+            f"against the paper's {FIGURES['probe_roles'].text}")
+    if mine == PROBE_ROLES:
+        return Verdict("reproduced", text)
+    if all(mine[k] > 0 for k in PROBE_ROLES):
+        return Verdict("reproduced in direction", text + ": both roles found, in other numbers")
+    return Verdict("not reproduced", text)
 
 
 def example_token_scalars(model: nn.Module, tok: PreTrainedTokenizerBase, scored: pd.DataFrame,
@@ -149,48 +258,109 @@ def example_token_scalars(model: nn.Module, tok: PreTrainedTokenizerBase, scored
     return table
 
 
-def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, direction: Directions) -> tuple[list[float], int]:
+@dataclass(frozen=True)
+class Downstream:
+    """Chapter 4's induced-change comparison, computed once and read by the verdict, the plot and the text:
+    ``cosines`` [n_layers] (the adapters' change vs λ = 1 steering with the direction at ``steer_layer``), ``null``
+    [n_random, n_layers] (the same with random vectors of the direction's norm at that layer), ``paper_at`` (the
+    paper's layer at the same relative depth), and the answers compared (``n_answers``)."""
+
+    cosines: np.ndarray
+    null: np.ndarray
+    steer_layer: int
+    paper_at: int
+    n_answers: int
+
+    @property
+    def band(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per layer, the lowest and highest random vector's cosine (``emlib.probes.null_band``)."""
+        return probes.null_band(self.null)
+
+    @property
+    def at_paper(self) -> tuple[float, float, float]:
+        """(cosine, band low, band high) at the paper's relative depth."""
+        lo, hi = self.band
+        return float(self.cosines[self.paper_at]), float(lo[self.paper_at]), float(hi[self.paper_at])
+
+    @property
+    def rank_p(self) -> float:
+        """The direction's cosine at the paper's depth as one unit among the random ones (``inference.rank_test``)."""
+        return rank_test(float(self.cosines[self.paper_at]), self.null[:, self.paper_at], "greater")
+
+    def band_text(self) -> str:
+        cos, lo, hi = self.at_paper
+        return (f"{len(self.null)} random steering vectors (the direction's norm at layer {self.steer_layer}) give "
+                f"{lo:.2f} to {hi:.2f} at layer {self.paper_at}")
+
+
+def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, direction: Directions) -> Downstream:
     """``emlib.probes.downstream_cosines`` on the same texts (a seeded sample of ``geometry_answers`` of them, if
     set): the organism ``ft`` (any fine-tune) vs λ = 1 steering with the mean-diff vector at the
-    single-direction layer (returned with the cosines), each against the chat model's answer-token means."""
-    n = ch.p.geometry_answers
+    single-direction layer, each against the chat model's answer-token means; and the null: the same with each of
+    ``geometry_random_vectors`` Gaussian vectors of the direction's norm at that layer in place of the direction
+    (``emlib.controls.gaussian``; one cached teacher-forced pass each)."""
+    p = ch.p
+    n = p.geometry_answers
     if n is not None and n < len(texts):
-        texts = texts.sample(n=n, random_state=ch.p.seed)
+        texts = texts.sample(n=n, random_state=p.seed)
     layer = single_direction_layer(direction.n_layers)
     base = answer_means(ch, texts).mean
     organism = answer_means(ch, texts, ft=ft).mean
-    steered = answer_means(ch, texts, intervention=steer(direction.vectors[layer], layer, 1.0)).mean
-    return probes.downstream_cosines(base, organism, steered).tolist(), layer
+
+    def cosines(vector: torch.Tensor) -> np.ndarray:
+        steered = answer_means(ch, texts, intervention=steer(vector, layer, 1.0)).mean
+        return probes.downstream_cosines(base, organism, steered).numpy()
+
+    null = np.stack([cosines(r.vectors[layer]) for r in gaussian(direction, p.geometry_random_vectors, p.seed)])
+    return Downstream(cosines(direction.vectors[layer]), null, layer,
+                      paper_layer(int(value("downstream_layer")), direction.n_layers), len(texts))
+
+
+def downstream_verdict(g: Downstream) -> Verdict:
+    """``downstream_cosine``: the cosine at the paper's relative depth against the random steering vectors' band
+    there: above its top, reproduced in direction; inside (or below), not reproduced; not testable when that
+    depth comes before the steered layer (steering changes nothing there)."""
+    cos, lo, hi = g.at_paper
+    if g.paper_at < g.steer_layer:
+        return Verdict("not testable", f"the paper's relative depth (layer {g.paper_at}) comes before the steered layer "
+                       f"{g.steer_layer}, where steering changes nothing")
+    where = f"cosine {cos:.2f} at layer {g.paper_at}; {g.band_text()}; rank p = {g.rank_p:.2g}"
+    if cos > hi:
+        return Verdict("reproduced in direction", f"above every random steering vector ({where}; the paper: "
+                       f"{FIGURES['downstream_cosine'].text})")
+    return Verdict("not reproduced", f"{'inside' if cos >= lo else 'below'} the band of random steering vectors ({where})")
+
+
+def downstream_note(g: Downstream) -> str:
+    """Chapter 4's sentence on the downstream comparison, from the same numbers as the verdict and the plot."""
+    cos, lo, hi = g.at_paper
+    return (f"On {g.n_answers} answers, steered at layer {g.steer_layer}: at layer {g.paper_at} (the paper's relative "
+            f"depth) the cosine is {cos:.2f}; {g.band_text()}. Verdict: {downstream_verdict(g).text()}.")
 
 
 def record_probes(ch: Chapter, adapters_table: pd.DataFrame | None, roles_: pd.DataFrame | None,
-                  results: dict[str, probes.ProbeResult | None] | None, cosines: list[float],
-                  control: dict[str, probes.ProbeResult | None] | None = None) -> None:
-    """The results page's figures: B-vector cosines, the downstream cosine at the paper's layer, the roles with
-    each probe's random-readout control (``None`` tables: the direction organism has no rank-1 adapters, and
-    the page says so)."""
+                  effects: dict[str, Effect | None] | None, downstream: Downstream) -> None:
+    """The results page's figures: B-vector cosines against a random direction, the downstream cosine against random
+    steering vectors, the roles with each probe's random-readout control (``None`` tables: the direction organism
+    has no rank-1 adapters, and the page says so)."""
     p, f = ch.p, ch.params_file
-    layer = paper_layer(int(value("downstream_layer")), len(cosines))
-    record(p, f, "downstream_cosine", f"{cosines[layer]:.2f} at layer {layer} of {len(cosines)} (same relative depth)",
-           verdict="not judged: this run computes no null for the downstream cosine (descriptive only)")
-    if adapters_table is None or roles_ is None or results is None:
+    cos, lo, hi = downstream.at_paper
+    record(p, f, "downstream_cosine", measure="cos(Δ adapters, Δ steering with the direction) at the paper's relative depth",
+           value=f"{cos:.2f} at layer {downstream.paper_at} of {len(downstream.cosines)}, rank p = {downstream.rank_p:.2g}",
+           control=f"{len(downstream.null)} random steering vectors of the direction's norm: {lo:.2f} to {hi:.2f}",
+           verdict=downstream_verdict(downstream))
+    if adapters_table is None or roles_ is None or effects is None:
         for claim in ("b_cosine", "probe_roles"):
-            record(p, f, claim, f"not testable here: {p.direction_organism} has no rank-1 adapters (chapter 4)",
-                   verdict=f"not testable: {p.direction_organism} has no rank-1 adapters")
+            record(p, f, claim, measure="LoRA scalars and B vectors of rank-1 adapters", control="none",
+                   value=f"{p.direction_organism} has no rank-1 adapters (chapter 4)",
+                   verdict=Verdict("not testable", f"{p.direction_organism} has no rank-1 adapters"))
         return
-    cos, width = adapters_table["cosine(B, mean-diff)"], adapters_table.attrs["width"]
-    band = 2 / np.sqrt(width)  # two standard deviations of the cosine of random directions
-    record(p, f, "b_cosine", f"mean {cos.mean():.3f}, |cos| ≤ {cos.abs().max():.3f} over {len(cos)} adapters",
-           verdict=f"reproduced: every B vector is as orthogonal to the direction as random ones (|cos| < {band:.3f} = 2/√d)"
-           if (cos.abs() < band).all() else f"not reproduced: {int((cos.abs() >= band).sum())} of {len(cos)} B vectors "
-           f"have |cos| ≥ {band:.3f} = 2/√d")
-    def auroc(r: probes.ProbeResult) -> str:
-        return f"AUROC {r.auroc:.2f} ({r.auroc_ci[0]:.2f}–{r.auroc_ci[1]:.2f})"
-
-    aurocs = "; ".join(f"{name}: not fitted (too few answers in a class)" if r is None else
-                       f"{name} {auroc(r)}" + (f", random readouts {auroc(control[name])}" if control and control.get(name) else "")
-                       for name, r in results.items())
-    unfitted = [name for name, r in results.items() if r is None]
-    record(p, f, "probe_roles", f"{roles_.attrs['summary']} (of {len(roles_)}); {aurocs}",
-           verdict=f"not testable: {', '.join(unfitted)} not fitted (too few answers in a class)" if unfitted else
-           f"not judged: compare the roles with the paper's ({FIGURES['probe_roles'].text})")
+    units = adapters_table["cos·√d"]
+    record(p, f, "b_cosine", measure="cos(B, mean-diff direction at its layer), in units of 1/√d",
+           value=f"cos·√d {units.min():+.1f} to {units.max():+.1f} over {len(units)} adapters (paper: "
+                 f"{paper_b_units():.1f} at d = {D_MODEL})",
+           control=band_label(adapters_table), verdict=b_verdict(adapters_table))
+    readings = "; ".join(probe_reading(name, e) for name, e in effects.items())
+    record(p, f, "probe_roles", measure=f"coefficient roles ({ROLES_CORRECTION}), if the trained readouts beat random ones",
+           value=f"{roles_.attrs['summary']} (of {len(roles_)})", control=f"the same probes on random readouts: {readings}",
+           verdict=roles_verdict(roles_, effects))
