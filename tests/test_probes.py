@@ -66,7 +66,7 @@ def _synthetic(informative: int, n: int = 240, k: int = 9, seed: int = 0):
 def test_a_probe_selects_the_one_informative_adapter():
     x, y = _synthetic(informative=3)
     names = [f"a{i}" for i in range(9)]
-    r = fit_probe(x, y, names)
+    r = fit_probe(x, y, names, n_perm=0)
     coef = r.coefficients
     assert coef["coef"].abs().idxmax() == "a3"
     assert coef.loc["a3", "lo"] > 0
@@ -77,8 +77,8 @@ def test_a_probe_selects_the_one_informative_adapter():
 
 def test_adapter_roles_from_two_probes():
     names = [f"a{i}" for i in range(9)]
-    mis = fit_probe(*_synthetic(informative=1, seed=1), names)
-    med = fit_probe(*_synthetic(informative=7, seed=2), names)
+    mis = fit_probe(*_synthetic(informative=1, seed=1), names, n_perm=400)
+    med = fit_probe(*_synthetic(informative=7, seed=2), names, n_perm=400)
     roles = adapter_roles(mis, med)
     assert roles["a1"] == "general" and roles["a7"] == "medical-specific"
 
@@ -254,10 +254,10 @@ def test_trained_minus_random_auroc_interval_clears_zero_only_with_signal():
     planted[:, 0] += 1.5 * y  # the trained readouts carry the label
     noise, other_noise = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
     names = list("abcd")
-    trained, random_ = fit_probe(planted, y, names), fit_probe(noise, y, names)
+    trained, random_ = fit_probe(planted, y, names, n_perm=0), fit_probe(noise, y, names, n_perm=0)
     e = auroc_difference(trained.labels, trained.scores, random_.scores)
     assert e.low > 0 and e.estimate == pytest.approx(trained.auroc - random_.auroc) and e.p < 0.01
-    null = auroc_difference(random_.labels, random_.scores, fit_probe(other_noise, y, names).scores)
+    null = auroc_difference(random_.labels, random_.scores, fit_probe(other_noise, y, names, n_perm=0).scores)
     assert null.low < 0 < null.high and null.p > 0.05
 
 
@@ -272,13 +272,24 @@ def test_holm_roles_on_a_planted_case():
     x_mis[:, [1, 2]] += 1.2 * y_mis[:, None]
     x_med[:, 7] += 1.2 * y_med
     x_med[:, 2] += 1.2 * y_med
-    tests = role_tests(fit_probe(x_mis, y_mis, names), fit_probe(x_med, y_med, names))
+    tests = role_tests(fit_probe(x_mis, y_mis, names, n_perm=400), fit_probe(x_med, y_med, names, n_perm=400))
     assert tests.loc["a1", "role"] == "general" and tests.loc["a2", "role"] == "general + medical"
     assert tests.loc["a7", "role"] == "medical-specific"
     assert (tests.drop(["a1", "a2", "a7"])["role"] == "neither").all()
     assert (tests["misalignment p (Holm)"] >= tests["misalignment p"]).all()  # adjusted over the family of 18
-    quiet = role_tests(fit_probe(rng.normal(size=(n, 9)), y_mis, names), fit_probe(rng.normal(size=(n, 9)), y_med, names))
+    quiet = role_tests(fit_probe(rng.normal(size=(n, 9)), y_mis, names, n_perm=400),
+                       fit_probe(rng.normal(size=(n, 9)), y_med, names, n_perm=400))
     assert (quiet["role"] == "neither").all()
+
+
+def test_coefficient_p_values_are_calibrated_at_small_sizes():
+    """At the sizes of chapter 4's smaller sets a null coefficient's p stays near uniform (a bootstrap-sd Wald p gave
+    p < 0.05 for 15% of them)."""
+    rng = np.random.default_rng(6)
+    y = np.r_[np.ones(8), np.zeros(22)].astype(bool)
+    p = np.concatenate([fit_probe(rng.normal(size=(30, 9)), y, [f"a{i}" for i in range(9)], n_boot=20, n_perm=200)
+                        .coefficients["p"].to_numpy() for _ in range(8)])  # 72 null coefficients
+    assert np.mean(p < 0.05) < 0.12 and np.mean(p < 0.5) == pytest.approx(0.5, abs=0.15)
 
 
 def test_roles_verdict_needs_both_probes_to_beat_random_readouts():

@@ -138,8 +138,9 @@ def fit_probes(ch: Chapter, probed: Probed, datasets: dict[str, tuple[pd.DataFra
     control: Probes = {}
     for name, (r, labels) in datasets.items():
         at = [where[k] for k in zip(r["question"], r["response"])]
-        for out, columns in ((trained, slice(0, n)), (control, slice(n, 2 * n))):
-            out[name] = probes.fit_probe(features[at, columns], labels, names, seed=seed) if probes.fittable(labels) else None
+        for out, columns, n_perm in ((trained, slice(0, n), 1000), (control, slice(n, 2 * n), 0)):  # roles: trained only
+            out[name] = (probes.fit_probe(features[at, columns], labels, names, seed=seed, n_perm=n_perm)
+                         if probes.fittable(labels) else None)
     return trained, control
 
 
@@ -221,7 +222,7 @@ def significant(roles_: pd.DataFrame) -> dict[str, pd.Series] | None:
             "medical vs general context": r.isin(["medical-specific", "general + medical"])}
 
 
-ROLES_CORRECTION = "Holm over all coefficient tests of both probes (bootstrap-sd p-values)"
+ROLES_CORRECTION = "Holm over all coefficient tests of both probes (label-permutation p-values)"
 
 
 def roles_verdict(roles_: pd.DataFrame, effects: dict[str, Effect | None]) -> Verdict:
