@@ -71,9 +71,7 @@ else:
     adapters_table = chapter.adapter_table(probed.adapters, source)
     display.show(adapters_table)
     plotting.adapter_cosines(chapter.b_cosines(adapters_table), paper=chapter.paper_b_units());
-    display.note(f"**Null band:** {chapter.band_label(adapters_table)}; the paper's {paper.value('b_cosine'):g} at "
-                 f"d = {paper.D_MODEL} is {chapter.paper_b_units():.1f}/√d. "
-                 f"**Verdict:** {chapter.b_verdict(adapters_table).text()}.")
+    display.note(f"**Verdict:** {chapter.b_verdict(adapters_table).text()}.")
 
 # %% [markdown]
 # Each B vector against the mean-diff direction at its own layer, in units of $1/\sqrt{d}$, beside

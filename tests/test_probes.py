@@ -226,7 +226,8 @@ def test_b_verdict_and_plot_read_the_same_band():
     assert b_verdict(table([0.121, 0.0])).status == "not reproduced"  # 2.9/√d (the paper's 0.04 at its width) is outside
     units = b_cosines(inside)
     assert units.attrs["band"] == pytest.approx(inside.attrs["family_band"] * np.sqrt(d))
-    assert f"{inside.attrs['family_band']:.3f}" in units.attrs["band_label"] and units.attrs["band_label"] in b_verdict(inside).reason
+    assert f"{inside.attrs['family_band']:.3f}" in units.attrs["band_label"]
+    assert f"{units.attrs['band']:.2f}" in b_verdict(inside).reason and f"{units.attrs['band']:.2f}/√d" in units.attrs["band_label"]
     out = table([0.4, 0.0])
     v = b_verdict(out)
     assert v.status == "not reproduced" and "L1.down_proj" in v.reason and "L2.down_proj" not in v.reason
