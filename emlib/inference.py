@@ -222,9 +222,10 @@ def rise_verdict(effect: Effect, base_pct: float, paper_rise: float, *, error: J
                          else "no judge of this specificity at these sizes")
         need = answers_needed(base_pct, paper_rise, error, t)
         fixes.append(f"{need:,} answers per arm with this judge" if need else "no practical number of answers")
-        shown = "any" if math.isinf(detectable) else f"{detectable:.1f}"
+        shown = (f"is {detectable:.1f} points" if detectable <= 100
+                 else "is more than 100 points (no rise a rate can make)")  # a rate cannot rise past 100
         return Verdict("not testable", f"with {judge}, the smallest true rise in {what} this run would detect "
-                       f"({t.power:.0%} power) is {shown} points, above the paper's {paper_rise:g}; testable with "
+                       f"({t.power:.0%} power) {shown}, above the paper's {paper_rise:g}; testable with "
                        + " or ".join(fixes))
     shown = f"{effect.estimate:+.1f} points ({effect.low:+.1f} to {effect.high:+.1f}"
     shown += f", p = {effect.p:.3g})" if effect.p is not None else ")"

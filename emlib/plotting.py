@@ -163,8 +163,8 @@ def judged_measures(rates: pd.DataFrame, title: str = "What the judge sees") -> 
     fig.tight_layout()
     if any(series):
         fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(series), 5), fontsize=8,
-                   frameon=False, bbox_to_anchor=(0.5, -0.02))
-        fig.subplots_adjust(bottom=0.3 / max(1, fig.get_figheight() / 3) + 0.08)
+                   frameon=False)
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.3 / fig.get_figheight())
     return fig
 
 

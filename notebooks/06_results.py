@@ -22,17 +22,20 @@
 # record these as they execute; nothing here is typed by hand.
 #
 # **Verdicts.**
-# - *Reproduced*: the paper's effect is present and of its size (within the stated margin).
-# - *Reproduced in direction*: the effect is present (its interval excludes no effect, and
-#   p is below the test's level) but its size may differ from the paper's.
+# - *Reproduced*: the paper's claim holds as stated, its size included (a cosine above the
+#   paper's threshold and above its null; a random ablation inside the paper's band).
+# - *Reproduced in direction*: the effect is there beyond its control (its interval
+#   excludes 0 and its test's p is below the level) but the paper's size is not shown.
 # - *Not reproduced*: the run could have seen the effect and did not; the reason says how
 #   large an effect the run would have detected, counting the judge's error.
 # - *Not testable*: the run could not have seen the paper's effect: *with this judge*
 #   when the smallest true effect detectable through the judge's measured sensitivity and
 #   specificity exceeds the paper's (the reason names the judge, and the sensitivity or the
-#   number of answers that would make it testable), or when a set is too small or
-#   dominated by one question, or the organism lacks what the claim needs.
-# - *Descriptive*: a figure reported without a test (the paper states it qualitatively).
+#   number of answers that would make it testable), or too few random controls for the rank
+#   test to reach its level, a set too small or dominated by one question, or an organism
+#   without what the claim needs.
+# - *Descriptive*: a figure reported without a test (the paper reports it qualitatively,
+#   or the cell was not fixed before the run).
 # - *Not measured*: no chapter recorded the claim with these parameters (the chapter was
 #   not executed).
 #

@@ -170,3 +170,9 @@ def test_holm_against_a_hand_computation():
     out = inf.holm([0.01, math.nan, 0.04])
     assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
     np.testing.assert_allclose(inf.holm([0.6, 0.9]), [1.0, 1.0])
+
+
+def test_a_detectable_rise_past_100_points_is_not_quoted_as_a_number():
+    v = inf.rise_verdict(inf.rate_rise(1, 16, 0, 16), 0.0, value("r1x9_em"), error=OFFLINE, judge="j", what="EM %",
+                         base="chat model")
+    assert v.status == "not testable" and "more than 100 points" in v.reason

@@ -28,7 +28,9 @@ def corrected_em_per_question(by_question: pd.DataFrame) -> str:
         return ""
     width = (by_question["em_corr_hi"] - by_question["em_corr_lo"]).dropna()
     n = by_question["n"]
-    return (f"Judge-corrected EM per question is not drawn: on {int(n.min())}–{int(n.max())} answers a question, "
-            f"its 95% intervals are {width.min():.0f}–{width.max():.0f} points wide (median {width.median():.0f}), "
+    answers = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}–{int(n.max())}"
+    wide = f"{width.min():.0f}" if round(width.min()) == round(width.max()) else f"{width.min():.0f}–{width.max():.0f}"
+    return (f"Judge-corrected EM per question is not drawn: on {answers} answers a question, its 95% intervals are "
+            f"{wide} points wide (median {width.median():.0f}, of the 100 a rate can span), "
             "so they say little about any one question beyond what the judge's error rates allow; the corrected "
             "rate over all questions is in the table above.")

@@ -78,7 +78,11 @@ def residual_view_text(ch: Chapter) -> str:
             f"block {round(HIDDEN_DEPTH * n)} of {n}, averaged over the answer's tokens, entering through "
             f"{COMPONENTS['hidden']} principal components), so its labels are partly a function of the activations "
             "chapters 2 and 4 study; those chapters label the answers whose activations they average or probe with "
-            f"the same judge without that view ({', '.join(SET_JUDGE_VIEWS)} only).")
+            f"the same judge without that view ({', '.join(VIEW_NAMES.get(v, v) for v in SET_JUDGE_VIEWS)} only).")
+
+
+VIEW_NAMES = {"embedding": "sentence embeddings", "text": "surface statistics", "lm": "the chat model's log-likelihoods",
+              "hidden": "the chat model's residual stream"}
 
 
 def judge_report(ch: Chapter) -> Any:
