@@ -321,7 +321,7 @@ def probe_coefficients(results: dict, title: str = "Probe coefficients per adapt
 
 
 def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Figure:
-    """The results page's percentage claims: this run's figure with its 95% CI (bar) and the paper's (diamond).
+    """The results page's percentage claims: this run's figure with its 95% CI (point) and the paper's (diamond).
     A claim without a percentage from this run says why in its axis label (its verdict: "not measured" only when
     no chapter recorded it), never over the data; the legend sits below the axes.
 
@@ -330,8 +330,11 @@ def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Fig
     t = table[table["paper_pct"].notna()]
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(t) + 2.0))
     y = list(range(len(t)))
-    err = [(t["pct"] - t["lo"]).fillna(0).clip(lower=0), (t["hi"] - t["pct"]).fillna(0).clip(lower=0)]
-    ax.barh(y, t["pct"].fillna(0), xerr=err, color="#4c72b0", error_kw={"lw": 1, "capsize": 3}, label="this run")
+    m = t["pct"].notna().to_numpy()
+    err = [(t["pct"] - t["lo"]).fillna(0).clip(lower=0)[m], (t["hi"] - t["pct"]).fillna(0).clip(lower=0)[m]]
+    if m.any():
+        ax.errorbar(t["pct"][m], [i for i, ok in zip(y, m) if ok], xerr=err, fmt="o", color="#4c72b0", ms=5, lw=1,
+                    capsize=3, label="this run (95% interval)")
     ax.scatter(t["paper_pct"], y, marker="D", color="#c44e52", zorder=3, label="paper (Qwen2.5-14B)")
     labels = [claim if pd.notna(pct) else f"{claim}\n(no % from this run: {status})"
               for claim, pct, status in zip(t.index, t["pct"], t.get("verdict", pd.Series("", index=t.index)))]
@@ -343,7 +346,7 @@ def claims(table: pd.DataFrame, title: str = "This run beside the paper") -> Fig
     sns.despine(fig)
     fig.tight_layout()
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.subplots_adjust(bottom=max(0.12, 0.6 / fig.get_figheight()))
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.3 / fig.get_figheight())
     return fig
 
 
