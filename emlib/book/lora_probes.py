@@ -80,9 +80,17 @@ def adapter_table(adapters: list[probes.Adapter], direction: Directions, alpha: 
     return table
 
 
+PAPER_B_HALF_DIGIT = 0.005  # the paper prints its cosine to two decimals: any value it would print as 0.04 is < 0.045
+
+
 def paper_b_units() -> float:
     """The paper's B-vector cosine in units of 1/√d at its own width: 0.04·√5120."""
     return value("b_cosine") * np.sqrt(D_MODEL)
+
+
+def paper_b_units_max() -> float:
+    """The largest cosine the paper's printed figure allows, in units of 1/√d: (0.04 + 0.005)·√5120."""
+    return (value("b_cosine") + PAPER_B_HALF_DIGIT) * np.sqrt(D_MODEL)
 
 
 def b_cosines(adapters_table: pd.DataFrame) -> pd.Series:
@@ -102,15 +110,21 @@ def band_label(adapters_table: pd.DataFrame) -> str:
 
 
 def b_verdict(adapters_table: pd.DataFrame) -> Verdict:
-    """``b_cosine``: reproduced when every B vector lies inside the family-wise band of a random direction."""
+    """``b_cosine``: reproduced when every B vector lies inside the family-wise band of a random direction, or is no
+    further from orthogonal than the paper's own figure in units of 1/√d (its 0.04 at d = 5120 lies outside that band
+    too); not reproduced otherwise."""
     a = adapters_table.attrs
     outside = adapters_table.index[adapters_table["outside the band"]].tolist()
     band = (f"a random direction's {100 * (1 - a['alpha']):g}% family-wise band at d = {a['d']}, |cos|·√d ≤ "
             f"{a['family_band'] * np.sqrt(a['d']):.2f}")
     paper = f"the paper's {value('b_cosine'):g} at d = {D_MODEL} is {paper_b_units():.1f}/√d"
+    largest = adapters_table["cos·√d"].abs().max()
     if not outside:
-        return Verdict("reproduced", f"every B vector lies inside {band} (largest {adapters_table['cos·√d'].abs().max():.1f}); "
-                       f"{paper}")
+        return Verdict("reproduced", f"every B vector lies inside {band} (largest {largest:.1f}); {paper}")
+    if largest < paper_b_units_max():  # the paper's own "nearly orthogonal" lies outside that band too
+        return Verdict("reproduced", f"{len(outside)} of {len(adapters_table)} B vectors lie outside {band} "
+                       f"({', '.join(outside)}), but none is further from orthogonal than the paper's printed figure allows, "
+                       f"in units of 1/√d (largest {largest:.1f}, under {paper_b_units_max():.1f}; {paper})")
     return Verdict("not reproduced", f"{len(outside)} of {len(adapters_table)} B vectors lie outside {band} "
                    f"({', '.join(outside)}); {paper}")
 
