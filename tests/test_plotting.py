@@ -28,14 +28,15 @@ def test_token_scalars_scales_each_adapter_to_its_own_maximum():
 
 
 def test_adapter_cosines_draws_the_random_band_and_the_paper():
+    """Bars in units of 1/√d, the verdict's band from ``attrs`` and the paper's figure in the same units."""
     from emlib.plotting import adapter_cosines
 
-    cos = pd.Series([0.02, -0.05], index=["L1.down_proj", "L3.down_proj"])
-    cos.attrs["width"] = 100
-    ax = adapter_cosines(cos, paper=0.04).axes[0]
-    assert [p.get_width() for p in ax.patches[:2]] == [0.02, -0.05]
-    assert any(list(line.get_xdata()) == [0.04, 0.04] for line in ax.get_lines())
-    assert any("±1/√d" in t.get_text() for t in ax.get_legend().get_texts())
+    units = pd.Series([0.2, -0.5], index=["L1.down_proj", "L3.down_proj"])
+    units.attrs.update(band=2.4, band_label="random direction: |cos| ≤ 2.40/√d")
+    ax = adapter_cosines(units, paper=2.9).axes[0]
+    assert [p.get_width() for p in ax.patches[:2]] == [0.2, -0.5]
+    assert any(list(line.get_xdata()) == [2.9, 2.9] for line in ax.get_lines())
+    assert any("2.40/√d" in t.get_text() for t in ax.get_legend().get_texts())
 
 
 def test_em_rates_draws_the_judge_corrected_rate_on_each_em_bar():

@@ -106,9 +106,6 @@ def test_main_prints_file_line_number_context_and_fails_on_findings(tmp_path, ca
     assert f"{bad}:8: 48: 48 answers ran." in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="notebook prose still types numbers a param or an output determines (issue 21 item 8): "
-                          "the lead moves them into code cells (display.note), then removes this mark")
 def test_no_literal_numbers_in_the_notebooks_prose():
     assert prose.notebook_paths(ROOT), "no notebooks found"
     found = prose.check(root=ROOT)
