@@ -220,7 +220,7 @@ def rank_strip(units: pd.DataFrame, heads: pd.DataFrame, title: str, xlabels: di
     groups = list(dict.fromkeys(heads["group"]))
     kinds = [k for k in KIND_STYLE if k in set(units["kind"])]
     rows = [(g, r) for g in groups for r in ["direction", *kinds]]
-    fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 0.42 * len(rows) + 1.9), squeeze=False,
+    fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 0.43 * len(rows) + 1.9), squeeze=False,
                              sharey=True)
     for ax, m in zip(axes[0], measures):
         for y, (g, r) in enumerate(rows):

@@ -80,16 +80,16 @@ def adapter_table(adapters: list[probes.Adapter], direction: Directions, alpha: 
     return table
 
 
-PAPER_B_HALF_DIGIT = 0.005  # the paper prints its cosine to two decimals: any value it would print as 0.04 is < 0.045
+PAPER_B_HALF_DIGIT = 0.005  # the paper prints its cosine to two decimals: a value it prints is within this of the truth
 
 
 def paper_b_units() -> float:
-    """The paper's B-vector cosine in units of 1/√d at its own width: 0.04·√5120."""
+    """The paper's B-vector cosine in units of 1/√d at its own width (``paper.D_MODEL``)."""
     return value("b_cosine") * np.sqrt(D_MODEL)
 
 
 def paper_b_units_max() -> float:
-    """The largest cosine the paper's printed figure allows, in units of 1/√d: (0.04 + 0.005)·√5120."""
+    """The largest cosine the paper's printed figure allows, in units of 1/√d: (its figure + ``PAPER_B_HALF_DIGIT``)·√d."""
     return (value("b_cosine") + PAPER_B_HALF_DIGIT) * np.sqrt(D_MODEL)
 
 
@@ -111,7 +111,7 @@ def band_label(adapters_table: pd.DataFrame) -> str:
 
 def b_verdict(adapters_table: pd.DataFrame) -> Verdict:
     """``b_cosine``: reproduced when every B vector lies inside the family-wise band of a random direction, or is no
-    further from orthogonal than the paper's own figure in units of 1/√d (its 0.04 at d = 5120 lies outside that band
+    further from orthogonal than the paper's own figure in units of 1/√d (its own figure, at its width, lies outside that band
     too); not reproduced otherwise."""
     a = adapters_table.attrs
     outside = adapters_table.index[adapters_table["outside the band"]].tolist()
