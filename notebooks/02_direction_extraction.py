@@ -34,10 +34,12 @@
 #    mean(misaligned) − mean(aligned): a difference within questions, so a set dominated
 #    by one question does not carry that question into the direction.
 # 3. Steer the chat model: add λ·v_ℓ to the output of block ℓ at every position of every
-#    forward pass while sampling (`emlib.interventions.steer`, applied with nnsight), for
-#    a few layers and λ. Control: a Gaussian vector with the same norm at the same layer
-#    and λ, at every cell of the sweep, and several of them at the headline cell, which the
-#    params fix before the run.
+#    forward pass while sampling (`emlib.interventions.steer`, applied with nnsight), at
+#    the headline cell the params fix before the run, on the questions
+#    `intervention_questions` names. Controls: `random_controls` anisotropy-matched random
+#    vectors (the direction's own construction with its labels permuted within question,
+#    at its norm) and `gaussian_controls` Gaussian ones, each one unit of a rank test
+#    beside the direction's own unit, all sampled alike in one batched run.
 
 # %% tags=["parameters"]
 params_file = "params/default.yaml"  # preset; the direction_* and steer_* keys drive this chapter (emlib/config.py)
