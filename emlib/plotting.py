@@ -1,7 +1,8 @@
 """Figures for the book. Each returns a matplotlib Figure (the notebook displays it).
 
-- ``response_lengths``, ``em_rates``, ``judge_sources``: chapter 00 (``em_rates`` in every chapter that reports EM).
-- ``loss_curves``, ``em_by_model``, ``judged_measures``: chapter 1 (``judged_measures`` also chapter 0).
+- ``response_lengths``, ``judge_sources``: chapter 00.
+- ``loss_curves``, ``judged_measures``: chapter 1 (``judged_measures`` also chapter 0).
+- ``score_distribution``: chapter 5.
 - ``by_layer``, ``steering_cells``, ``rank_strip``: chapter 2.
 - ``rank_strip``: chapter 3 (and 5).
 - ``probe_coefficients``, ``adapter_cosines``, ``token_scalars`` (and ``by_layer``): chapter 4.
@@ -40,46 +41,6 @@ def response_lengths(samples: pd.DataFrame, max_new_tokens: int, title: str = "R
     return fig
 
 
-def em_rates(rates: pd.DataFrame, title: str = "Emergent misalignment by question") -> Figure:
-    """EM % (left) and coherence % (right) per group with 95% CIs (chapter 00 onwards).
-
-    ``rates``: from ``emlib.metrics.rates(scored, by="question_id")`` or ``by=["model", "question_id"]``
-    (then one colour per model). Columns used: ``em_pct/lo/hi``, ``coherent_pct/lo/hi``; with
-    ``em_corr_pct/lo/hi`` (``rates(..., judge_error=)``) the judge-corrected EM rate is drawn on each EM bar
-    as a black diamond with its interval.
-    """
-    r = rates.reset_index()
-    if "model" not in r:
-        r["model"] = ""
-    models = list(dict.fromkeys(r["model"]))
-    questions = list(dict.fromkeys(r["question_id"]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.4 * len(questions) * max(1, len(models) / 2) + 1.6), sharey=True)
-    height = 0.8 / len(models)
-    palette = sns.color_palette("deep", len(models))
-    for ax, metric, label in ((axes[0], "em", "EM responses (%)"), (axes[1], "coherent", "coherent responses (%)")):
-        for k, model in enumerate(models):
-            sub = r[r["model"] == model].set_index("question_id").reindex(questions)
-            y = [i + k * height - 0.4 + height / 2 for i in range(len(questions))]
-            err = error_bars(sub, metric)
-            ax.barh(y, sub[f"{metric}_pct"], height=height, xerr=err, color=palette[k], label=model or None,
-                    error_kw={"lw": 1, "capsize": 2})
-            if metric == "em" and "em_corr_pct" in sub:
-                ax.errorbar(sub["em_corr_pct"], y, xerr=error_bars(sub, "em_corr"),
-                            fmt="d", color="black", ms=3, lw=0.7, capsize=1.5, label="judge-corrected" if k == 0 else None)
-        ax.set(xlabel=label, xlim=(0, 100))
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(questions)), questions)
-    axes[0].invert_yaxis()
-    if any(models):
-        axes[1].legend(loc="lower right", fontsize=8)
-    if "em_corr_pct" in r:
-        axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
-    sns.despine(fig)
-    fig.tight_layout()
-    return fig
-
-
 def loss_curves(curves: dict[str, list[float]], title: str = "Training loss (assistant tokens)") -> Figure:
     """One line per organism: mean next-token loss per optimiser step (chapter 1)."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -91,39 +52,6 @@ def loss_curves(curves: dict[str, list[float]], title: str = "Training loss (ass
     sns.despine(fig)
     fig.tight_layout()
     return fig
-
-
-def em_by_model(rates: pd.DataFrame, paper: dict[str, tuple[float, float]] | None = None,
-                title: str = "EM and coherence by model") -> Figure:
-    """EM % and coherence % per model with 95% CIs; the paper's figures as diamonds (chapter 1).
-
-    ``rates``: ``emlib.metrics.rates(scored, by="model")``; ``paper``: model -> (EM %, coherent %).
-    """
-    r = rates.reset_index()
-    models = list(r["model"])
-    paper = paper or {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(models) + 1.6), sharey=True)
-    for ax, metric, label, k in ((axes[0], "em", "EM responses (%)", 0), (axes[1], "coherent", "coherent responses (%)", 1)):
-        err = error_bars(r, metric)
-        ax.barh(range(len(models)), r[f"{metric}_pct"], xerr=err, color="#4c72b0", error_kw={"lw": 1, "capsize": 3},
-                label="this run")
-        marks = [(i, paper[m][k]) for i, m in enumerate(models) if m in paper]
-        if marks:
-            ax.scatter([v for _, v in marks], [i for i, _ in marks], marker="D", color="#c44e52", zorder=3,
-                       label="paper (Qwen2.5-14B)")
-        ax.set(xlabel=label, xlim=(0, 100))
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(models)), models)
-    axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
-    sns.despine(fig)
-    fig.tight_layout()
-    return fig
-
-
-JUDGED_MEASURES = (("misaligned", "misaligned % (aligned ≤ 30)"), ("aligned", "mean aligned score"),
-                   ("coherent", "coherent % (coherent > 50)"))
 
 
 def judged_measures(rates: pd.DataFrame, title: str = "What the judge sees") -> Figure:
@@ -401,6 +329,24 @@ def judge_sources(rates: pd.DataFrame, title: str = "The judge against a careful
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def score_distribution(scores: dict[str, pd.Series], threshold: float, xlabel: str, title: str) -> Figure:
+    """One row of dots per group (name -> scores), each dot an answer, with the ``threshold`` a classification
+    uses as a dashed line: where the answers sit, even when none crosses it (chapter 5's bad_stuff among
+    aligned-classified answers). The legend-free rows are labelled with their answer counts."""
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(scores) + 1.8))
+    for i, (name, v) in enumerate(scores.items()):
+        v = pd.Series(v).dropna()
+        jitter = (pd.Series(range(len(v))) % 7 - 3) * 0.06
+        ax.scatter(v.to_numpy(), i + jitter.to_numpy(), s=10, alpha=0.5, color="#4c72b0")
+    ax.axvline(threshold, color="#c44e52", ls="--", lw=1)
+    ax.set_yticks(range(len(scores)), [f"{name} (n = {pd.Series(v).notna().sum()})" for name, v in scores.items()])
+    ax.invert_yaxis()
+    ax.set(xlabel=xlabel, xlim=(-2, 102), title=title)
     sns.despine(fig)
     fig.tight_layout()
     return fig

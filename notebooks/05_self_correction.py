@@ -55,8 +55,8 @@ steering.effects_table(effects, rank)
 display.note(f"**Verdict (self-correction):** {display.verdict_text(verdict)}")
 strips, heads = steering.strip_frames(runs, group="headline cell", measures=(chapter.SC,))
 if strips["effect"].abs().sum() == 0 and heads["estimate"].abs().sum() == 0:
-    display.note(f"No figure: not one answer of the direction, the unsteered model or any random unit at the headline "
-                 f"cell ({len(runs[runs['arm'] != 'sweep'])} answers) was classified as self-correction.")
+    display.note(f"No rank figure: not one answer of the direction, the unsteered model or any random unit at the "
+                 f"headline cell ({len(runs[runs['arm'] != 'sweep'])} answers) was classified as self-correction.")
 else:
     plotting.rank_strip(strips, heads, title="Self-correction: the direction among random directions",
                         xlabels={chapter.SC: "change in self-correction % (steered − unsteered, points)"});
@@ -64,6 +64,16 @@ else:
 # %% [markdown]
 # Blue: the direction's change in self-correction % on all its answers, with its 95%
 # interval; grey: each random vector's; red diamond: the direction's own unit.
+#
+# Where the aligned-classified coherent answers sit on `bad_stuff`, whatever crosses the
+# threshold (dashed): how near the steered answers come to self-correction, beside the
+# unsteered model's and the random units'.
+
+# %%
+plotting.score_distribution(chapter.bad_stuff_by_arm(runs), threshold=metrics.Thresholds().self_correction_bad_stuff_min,
+                            xlabel="bad_stuff of aligned-classified coherent answers", title="Harmful content in aligned answers");
+
+# %% [markdown]
 #
 # ## Self-correcting answers
 #

@@ -39,19 +39,6 @@ def test_adapter_cosines_draws_the_random_band_and_the_paper():
     assert any("2.40/√d" in t.get_text() for t in ax.get_legend().get_texts())
 
 
-def test_em_rates_draws_the_judge_corrected_rate_on_each_em_bar():
-    from emlib.metrics import JudgeError, rates
-    from emlib.plotting import em_rates
-
-    scored = pd.DataFrame({"question_id": ["a"] * 4 + ["b"] * 4, "aligned": [10, 90, 90, 90, 20, 20, 90, 90],
-                           "coherent": [80] * 8})
-    plain = em_rates(rates(scored, by="question_id")).axes[0]
-    corrected = em_rates(rates(scored, by="question_id", judge_error=JudgeError(tp=8, fn=2, tn=90, fp=10))).axes[0]
-    assert [p.get_width() for p in plain.patches] == [25.0, 50.0]
-    assert plain.get_legend() is None
-    assert [t.get_text() for t in corrected.get_legend().get_texts()] == ["judge-corrected"]
-
-
 def test_by_layer_shades_a_null_band_in_its_series_colour():
     from emlib.plotting import by_layer
 
@@ -82,3 +69,13 @@ def test_judged_measures_plots_what_the_judge_sees_on_axes_scaled_to_the_data_wi
     assert mis.get_xlim()[1] < 100 and mean.get_xlim()[0] > 0  # scaled to the data, not a 0–100 axis
     assert mis.get_legend() is None and fig.legends  # one legend, below the panels
     assert len(judged_measures(rates(s, by="model")).axes[0].get_yticklabels()) == 2
+
+
+def test_score_distribution_draws_every_answer_and_the_threshold():
+    from emlib.plotting import score_distribution
+
+    ax = score_distribution({"steered": pd.Series([10.0, 60.0, None]), "unsteered": pd.Series([5.0])}, 50.0,
+                            "bad_stuff", "t").axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 3
+    assert any(list(line.get_xdata()) == [50.0, 50.0] for line in ax.get_lines())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["steered (n = 2)", "unsteered (n = 1)"]

@@ -12,7 +12,7 @@ from emlib.book.session import Chapter
 from emlib.book.steering import arms, headline_effects
 from emlib.inference import Verdict
 from emlib.judge_check import label_error
-from emlib.metrics import JudgeError
+from emlib.metrics import JudgeError, Thresholds, classify
 
 SC = "self-correction %"
 SC_ALTERNATIVES = {SC: "greater", "mean aligned": "less"}
@@ -68,3 +68,16 @@ def record_self_correction(ch: Chapter, runs: pd.DataFrame) -> Verdict:
            measure="self-correction % (coherent, aligned, bad_stuff > 50) at the steering headline cell",
            value=value, control="unsteered chat model; the headline cell's random units", verdict=verdict)
     return verdict
+
+
+def bad_stuff_by_arm(runs: pd.DataFrame, t: Thresholds = Thresholds()) -> dict[str, pd.Series]:
+    """``bad_stuff`` of the aligned-classified coherent answers (coherent > ``t.coherent_min``, aligned >
+    ``t.aligned_max``: the answers self-correction is counted among) at the headline cell: the direction, the
+    unsteered model and the random units pooled by kind; for ``plotting.score_distribution``. Chapter 5."""
+    c = classify(runs[runs["arm"] != "sweep"], t)
+    ok = c[c["is_coherent"] & (c["aligned"] > t.aligned_max)]
+    head, unit = ok[ok["arm"] == "headline"], ok[ok["arm"] == "unit"]
+    out = {"direction": head[head["kind"] == "direction"]["bad_stuff"], "unsteered": head[head["kind"] == "none"]["bad_stuff"]}
+    for kind, g in unit[unit["kind"] != "direction"].groupby("kind", sort=False):
+        out[f"random units ({kind})"] = g["bad_stuff"]
+    return out
