@@ -54,6 +54,10 @@ def loss_curves(curves: dict[str, list[float]], title: str = "Training loss (ass
     return fig
 
 
+JUDGED_MEASURES = (("misaligned", "misaligned % (aligned ≤ 30)"), ("aligned", "mean aligned score"),
+                   ("coherent", "coherent % (coherent > 50)"))
+
+
 def judged_measures(rates: pd.DataFrame, title: str = "What the judge sees") -> Figure:
     """Misaligned %, mean aligned and coherent % with 95% intervals (the measures the judge can see, which carry
     chapters 0–1's comparisons), as points on axes scaled to the data. ``rates``: ``emlib.metrics.rates`` by
