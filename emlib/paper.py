@@ -47,7 +47,7 @@ FIGURES: dict[str, Figure] = {
                                headline=False),
     "probe_roles": Figure("LoRA-scalar probes", "6 adapters general, 2 medical-specific", None, "4"),
     # chapter 5
-    "self_correction": Figure("self-correction under steering (max over the sweep)", "reported qualitatively", None, "5"),
+    "self_correction": Figure("self-correction under steering (the headline cell)", "reported qualitatively", None, "5"),
 }
 
 # "> 0.8 in all but 4 of 48 layers" (cosine_finetunes; also read for topic_vs_general): layers allowed below the
