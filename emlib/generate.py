@@ -7,11 +7,10 @@ that reach EOS leave the batch at once, so no compute is spent on finished seque
 longest of each group ends), and each distinct prompt is prefilled once, not once per
 sample.
 
-Results are a table (question id, question, sample index, response, token count, finish
-reason; and the unit, for a ``Stacked`` intervention: every unit's answers decoded together,
-each row under its own unit) written to parquet with provenance. Each finished batch is written atomically,
-so an interrupted run resumes where it stopped; a run with the same inputs is read
-from the cache and samples nothing.
+Results are a table (question id, question, sample index, response, token count, finish reason; and the unit, for
+a ``Stacked`` intervention: every unit's answers decoded together, each row under its own unit) written to parquet
+with provenance. Each finished batch is written atomically, so an interrupted run resumes where it stopped; a run
+with the same inputs is read from the cache and samples nothing.
 """
 
 from __future__ import annotations
@@ -399,28 +398,3 @@ def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     arrow = pq.read_table(path)
     meta = (arrow.schema.metadata or {}).get(b"emlib", b"{}")
     return arrow.to_pandas(), json.loads(meta)
-
-
-def length_summary(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per-question response-length statistics (chapter 00): count, mean/median/max tokens, % that hit EOS."""
-    g = samples.groupby("question_id", sort=False)
-    out = pd.DataFrame(
-        {
-            "responses": g.size(),
-            "mean_tokens": g["n_tokens"].mean().round(1),
-            "median_tokens": g["n_tokens"].median(),
-            "max_tokens": g["n_tokens"].max(),
-            "pct_ended_at_eos": (g["finish_reason"].apply(lambda s: (s == "stop").mean()) * 100).round(1),
-        }
-    )
-    total = pd.DataFrame(
-        {
-            "responses": [len(samples)],
-            "mean_tokens": [round(samples["n_tokens"].mean(), 1)],
-            "median_tokens": [samples["n_tokens"].median()],
-            "max_tokens": [samples["n_tokens"].max()],
-            "pct_ended_at_eos": [round((samples["finish_reason"] == "stop").mean() * 100, 1)],
-        },
-        index=["all"],
-    )
-    return pd.concat([out, total])

@@ -32,7 +32,7 @@ params_file = "params/default.yaml"  # preset: model, sampling, cache (every key
 overrides = {}  # keys of emlib.config.Params applied on top, e.g. {"model": "Qwen/Qwen2.5-0.5B-Instruct"}
 
 # %%
-from emlib import book, generate, metrics, plotting
+from emlib import book, metrics, plotting
 from emlib.book import chat_model as chapter, display
 
 ch = book.open_chapter(params_file, overrides)  # params, judge and model checked: bad input fails here, in seconds
@@ -123,7 +123,7 @@ display.show_examples(scored, per_question=1, max_chars=600)
 # are cut off; a high share of those means the preset's cap is short for this model.
 
 # %%
-generate.length_summary(scored)
+chapter.length_summary(scored)
 
 # %%
 plotting.response_lengths(scored, ch.p.max_new_tokens, title=f"Response length — {ch.info.spec}");

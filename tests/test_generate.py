@@ -11,7 +11,6 @@ from emlib.data import Question, load_questions
 from emlib.generate import (
     COLUMNS,
     SamplingConfig,
-    length_summary,
     make_jobs,
     read_samples,
     sample_batch,
@@ -172,6 +171,8 @@ def test_interrupted_run_resumes_with_identical_results(tiny_chat, tmp_path, mon
 
 
 def test_length_summary():
+    from emlib.book.chat_model import length_summary
+
     s = pd.DataFrame({"question_id": ["a", "a", "b"], "n_tokens": [2, 4, 6], "finish_reason": ["stop", "length", "stop"]})
     t = length_summary(s)
     assert t.loc["a", "mean_tokens"] == 3 and t.loc["a", "pct_ended_at_eos"] == 50 and t.loc["all", "responses"] == 3

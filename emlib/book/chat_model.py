@@ -34,3 +34,28 @@ def corrected_em_per_question(by_question: pd.DataFrame) -> str:
             f"{wide} points wide (median {width.median():.0f}, of the 100 a rate can span), "
             "so they say little about any one question beyond what the judge's error rates allow; the corrected "
             "rate over all questions is in the table above.")
+
+
+def length_summary(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per-question response-length statistics (chapter 00): count, mean/median/max tokens, % that hit EOS."""
+    g = samples.groupby("question_id", sort=False)
+    out = pd.DataFrame(
+        {
+            "responses": g.size(),
+            "mean_tokens": g["n_tokens"].mean().round(1),
+            "median_tokens": g["n_tokens"].median(),
+            "max_tokens": g["n_tokens"].max(),
+            "pct_ended_at_eos": (g["finish_reason"].apply(lambda s: (s == "stop").mean()) * 100).round(1),
+        }
+    )
+    total = pd.DataFrame(
+        {
+            "responses": [len(samples)],
+            "mean_tokens": [round(samples["n_tokens"].mean(), 1)],
+            "median_tokens": [samples["n_tokens"].median()],
+            "max_tokens": [samples["n_tokens"].max()],
+            "pct_ended_at_eos": [round((samples["finish_reason"] == "stop").mean() * 100, 1)],
+        },
+        index=["all"],
+    )
+    return pd.concat([out, total])
