@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from emlib.cache import atomic_path, content_key
+from emlib.cache import atomic_path, content_key, log_computed
 from emlib.generate import input_device, prompt_ids
 from emlib.interventions import Intervention, wrap
 from emlib.models import decoder_layers, residual
@@ -183,6 +183,7 @@ def answer_means(
     _save(path, {"mean": means.mean, "n_tokens": torch.tensor(n_tokens), "n_responses": torch.tensor(len(texts))},
           {"model": model_provenance, "n_layers": len(decoder_layers(model))})
     partial.unlink(missing_ok=True)
+    log_computed(cache_dir, "activations", path.name)
     return means
 
 
@@ -218,6 +219,7 @@ def answer_sums(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: p
             sums[i], tokens[i] = s[:, row].float(), int(b.answer[row].sum())
     out = torch.stack(sums)
     _save(path, {"sums": out, "tokens": tokens}, {"model": model_provenance})
+    log_computed(cache_dir, "activations", path.name)
     return out, tokens
 
 

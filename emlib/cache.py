@@ -60,3 +60,21 @@ def write_text_atomic(dest: str | Path, text: str) -> None:
     """Write ``text`` to ``dest`` so that readers see the old file or the whole new one."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
+
+
+def log_computed(cache_dir: str | Path, kind: str, what: str) -> None:
+    """Append one line to ``cache_dir/jobs/log.jsonl``: a result of ``kind`` (train, sample, judge, activations)
+    was computed, not read from the cache. ``emlib.plan`` counts the same units; a cold ``make book`` or
+    ``emlib.work`` leaves one line per unit it computed (one ``write`` of a short line: whole under ``O_APPEND``)."""
+    import socket
+    import time
+
+    path = Path(cache_dir) / "jobs" / "log.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"kind": kind, "what": what, "host": socket.gethostname(), "pid": os.getpid(),
+                       "time": round(time.time(), 3)}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -32,8 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from emlib import __version__
-from emlib.cache import atomic_path, content_key
+from emlib import __version__, graph_sampler
+from emlib.cache import atomic_path, content_key, log_computed
 from emlib.data import Question
 from emlib.interventions import Intervention, Stacked, run
 from emlib.models import base_model
@@ -55,6 +55,7 @@ class SamplingConfig:
     # Model-diff amplification α (``amplify``): 1 = the organism (plain sampling), 0 = its base model, > 1
     # exaggerates what fine-tuning changed (LoRA organisms, unmerged). In the cache key only when not 1.
     amplification: float = 1.0
+    sampler: str = "eager"  # or "static", "graph" (CUDA graphs): emlib.graph_sampler. In the key unless "eager"
 
 
 def amplify(organism: torch.Tensor, base: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -262,9 +263,8 @@ def samples_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
 def sample_key(questions: Sequence[Question], config: SamplingConfig, *, model_provenance: dict[str, Any],
                intervention: Intervention | Stacked | None = None) -> dict[str, Any]:
     """The cache key of ``sample_responses``: model provenance, questions, sampling and intervention."""
-    sampling = asdict(config)
-    if config.amplification == 1.0:
-        del sampling["amplification"]  # plain sampling: the key it had before amplification existed
+    sampling = {k: v for k, v in asdict(config).items()  # plain sampling: the key it had before these existed
+                if (k, v) not in (("amplification", 1.0), ("sampler", "eager"))}
     key = {
         "model": model_provenance,
         "questions": [asdict(q) for q in questions],
@@ -335,13 +335,13 @@ def sample_responses(
             bar.update(len(frame))
         else:
             gen = torch.Generator(device=device).manual_seed(_batch_seed(config.seed, b))
-            results = run(model, intervention, partial(
-                sample_batch,
+            fn, nnsight_intervention = graph_sampler.batch_sampler(config.sampler, intervention)
+            results = run(model, nnsight_intervention, partial(
+                fn,
                 model,
                 [prompts[i] for i in idx],
                 max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
+                temperature=config.temperature, top_p=config.top_p,
                 eos=eos,
                 pad_id=tokenizer.pad_token_id,
                 generator=gen,
@@ -376,11 +376,11 @@ def sample_responses(
     table = pd.concat(frames, ignore_index=True)
     qorder = {q.id: k for k, q in enumerate(questions)}
     table = table.sort_values(["unit", "question_id", "sample_index"][0 if stacked else 1:],
-                              key=lambda s: s.map(qorder) if s.name == "question_id" else s)
-    table = table.reset_index(drop=True)
+                              key=lambda s: s.map(qorder) if s.name == "question_id" else s).reset_index(drop=True)
     provenance = {**key, "emlib_version": __version__, "n_responses": len(table)}
     write_samples(out_path, table, provenance)
     shutil.rmtree(parts_dir, ignore_errors=True)
+    log_computed(cache_dir, "sample", out_path.name)  # one line of emlib.plan's count of sampling runs
     return table
 
 

@@ -70,9 +70,9 @@ class Organism:
     source: Source | None = None
 
 
-def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig) -> list[Organism]:
+def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig, *, read_datasets: bool = True) -> list[Organism]:
     """Validate organism entries and every trained organism's dataset (read here, so a bad file fails before
-    the first organism trains). A trained entry is ``{name, preset, dataset[, lr, epochs, max_rows]}``; a
+    the first organism trains; ``read_datasets=False``: not read, for ``emlib.plan``, which sizes what it finds). A trained entry is ``{name, preset, dataset[, lr, epochs, max_rows]}``; a
     brought one ``{name, adapter | model: DIR | HUB_ID[, revision, subfolder]}``. Raises ``TrainError`` (or
     ``DataError`` naming the dataset's file and line)."""
     out: list[Organism] = []
@@ -85,11 +85,11 @@ def organisms(entries: Sequence[dict[str, Any]], defaults: TrainConfig) -> list[
         if e["name"] in {o.name for o in out}:
             raise TrainError(f"{where}: duplicate name {e['name']!r}")
         brought = [k for k in ("adapter", "model") if k in e]
-        out.append(_brought(e, where, brought) if brought else _trained(e, where, defaults))
+        out.append(_brought(e, where, brought) if brought else _trained(e, where, defaults, read_datasets))
     return out
 
 
-def _trained(e: dict[str, Any], where: str, defaults: TrainConfig) -> Organism:
+def _trained(e: dict[str, Any], where: str, defaults: TrainConfig, read_dataset: bool = True) -> Organism:
     unknown = set(e) - set(TRAINED_KEYS)
     if unknown:
         raise TrainError(f"{where}: unknown key(s) {sorted(unknown)} (a trained organism takes {list(TRAINED_KEYS)}; "
@@ -106,7 +106,8 @@ def _trained(e: dict[str, Any], where: str, defaults: TrainConfig) -> Organism:
         raise TrainError(f"{where}: lr must be > 0 and epochs an integer >= 1")
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise TrainError(f"{where}: max_rows must be an integer >= 1")
-    load_chat_jsonl(e["dataset"])  # DataError names the file and line
+    if read_dataset:
+        load_chat_jsonl(e["dataset"])  # DataError names the file and line
     return Organism(e["name"], "trained", e["preset"], e["dataset"],
                     replace(defaults, lr=float(lr), epochs=epochs, max_rows=max_rows))
 

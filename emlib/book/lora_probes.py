@@ -1,5 +1,5 @@
-"""Chapter 4, what the rank-1 adapters read and where they write: the adapters beside the direction,
-probes on their LoRA scalars, and the activation changes they induce downstream."""
+"""Chapter 4, what the rank-1 adapters read and where they write: the adapters beside the direction and
+probes on their LoRA scalars; the activation changes they induce downstream are ``emlib.book.geometry``'s."""
 
 from __future__ import annotations
 
@@ -7,21 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from emlib import probes
 from emlib.book.results import record
-from emlib.book.session import Chapter, FineTune, answer_means, describe, load
+from emlib.book.session import Chapter, FineTune, describe, load
 from emlib.directions import Directions
-from emlib.interventions import steer
-from emlib.models import LoadInfo, paper_layer, single_direction_layer
+from emlib.models import LoadInfo
 from emlib.organisms import fetch
 from emlib.book import display
-from emlib.book.direction_extraction import labels_note
-from emlib.controls import gaussian
-from emlib.inference import Effect, Verdict, rank_test
+from emlib.book.geometry import Downstream, downstream_geometry, downstream_note, downstream_verdict  # noqa: F401 (chapter 4 calls them here)
+from emlib.inference import Effect, Verdict
 from emlib.metrics import Thresholds
 from emlib.paper import D_MODEL, FIGURES, PROBE_ROLES, value
 from emlib.sources import read_adapter
@@ -276,85 +273,6 @@ def example_token_scalars(model: nn.Module, tok: PreTrainedTokenizerBase, scored
     table = probes.token_scalars(model, tok, row.question, row.response, adapters)
     table.attrs["aligned"] = float(row.aligned)
     return table
-
-
-@dataclass(frozen=True)
-class Downstream:
-    """Chapter 4's induced-change comparison, computed once and read by the verdict, the plot and the text:
-    ``cosines`` [n_layers] (the adapters' change vs λ = 1 steering with the direction at ``steer_layer``), ``null``
-    [n_random, n_layers] (the same with random vectors of the direction's norm at that layer), ``paper_at`` (the
-    paper's layer at the same relative depth), and the answers compared (``n_answers``)."""
-
-    cosines: np.ndarray
-    null: np.ndarray
-    steer_layer: int
-    paper_at: int
-    n_answers: int
-
-    @property
-    def band(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per layer, the lowest and highest random vector's cosine (``emlib.probes.null_band``)."""
-        return probes.null_band(self.null)
-
-    @property
-    def at_paper(self) -> tuple[float, float, float]:
-        """(cosine, band low, band high) at the paper's relative depth."""
-        lo, hi = self.band
-        return float(self.cosines[self.paper_at]), float(lo[self.paper_at]), float(hi[self.paper_at])
-
-    @property
-    def rank_p(self) -> float:
-        """The direction's cosine at the paper's depth as one unit among the random ones (``inference.rank_test``)."""
-        return rank_test(float(self.cosines[self.paper_at]), self.null[:, self.paper_at], "greater")
-
-    def band_text(self) -> str:
-        cos, lo, hi = self.at_paper
-        return (f"{len(self.null)} random steering vectors (the direction's norm at layer {self.steer_layer}) give "
-                f"{lo:.2f} to {hi:.2f} at layer {self.paper_at}")
-
-
-def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, direction: Directions) -> Downstream:
-    """``emlib.probes.downstream_cosines`` on the same texts (a seeded sample of ``geometry_answers`` of them, if
-    set): the organism ``ft`` (any fine-tune) vs λ = 1 steering with the mean-diff vector at the
-    single-direction layer, each against the chat model's answer-token means; and the null: the same with each of
-    ``geometry_random_vectors`` Gaussian vectors of the direction's norm at that layer in place of the direction
-    (``emlib.controls.gaussian``; one cached teacher-forced pass each)."""
-    p = ch.p
-    n = p.geometry_answers
-    if n is not None and n < len(texts):
-        texts = texts.sample(n=n, random_state=p.seed)
-    layer = single_direction_layer(direction.n_layers)
-    base = answer_means(ch, texts).mean
-    organism = answer_means(ch, texts, ft=ft).mean
-
-    def cosines(vector: torch.Tensor) -> np.ndarray:
-        steered = answer_means(ch, texts, intervention=steer(vector, layer, 1.0)).mean
-        return probes.downstream_cosines(base, organism, steered).numpy()
-
-    null = np.stack([cosines(r.vectors[layer]) for r in gaussian(direction, p.geometry_random_vectors, p.seed)])
-    return Downstream(cosines(direction.vectors[layer]), null, layer,
-                      paper_layer(int(value("downstream_layer")), direction.n_layers), len(texts))
-
-
-def downstream_verdict(g: Downstream) -> Verdict:
-    """``downstream_cosine``: the cosine at the paper's relative depth against the random steering vectors' band
-    there: above its top, reproduced in direction; inside (or below), not reproduced; not testable when that
-    depth comes before the steered layer (steering changes nothing there)."""
-    cos, lo, hi = g.at_paper
-    if g.paper_at < g.steer_layer:
-        return Verdict("not testable", f"the paper's relative depth (layer {g.paper_at}) comes before the steered layer "
-                       f"{g.steer_layer}, where steering changes nothing")
-    where = f"cosine {cos:.2f} at layer {g.paper_at}; {g.band_text()}; rank p = {g.rank_p:.2g}"
-    if cos > hi:
-        return Verdict("reproduced in direction", f"above every random steering vector ({where}; the paper: "
-                       f"{FIGURES['downstream_cosine'].text})")
-    return Verdict("not reproduced", f"{'inside' if cos >= lo else 'below'} the band of random steering vectors ({where})")
-
-
-def downstream_note(g: Downstream) -> str:
-    """Chapter 4's sentence on the downstream comparison, from the same numbers as the verdict and the plot."""
-    return (f"On {g.n_answers} answers, steered at layer {g.steer_layer}, read at layer {g.paper_at} (the paper's "
-            f"relative depth). **Verdict:** {downstream_verdict(g).text()}.")
 
 
 def record_probes(ch: Chapter, adapters_table: pd.DataFrame | None, roles_: pd.DataFrame | None,

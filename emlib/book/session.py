@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from emlib import activations, generate, train
+from emlib import activations, devices, generate, train
+from emlib.cache import log_computed
 from emlib.config import Params, validate
 from emlib.data import Question, load_questions
 from emlib.generate import SamplingConfig
@@ -152,12 +153,14 @@ def describe(ch: Chapter, ft: FineTune | None = None, merge: bool = True) -> Loa
 def load(ch: Chapter, ft: FineTune | None = None,
          merge: bool = True) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]:
     """``ft`` (default: the chat model), its adapter merged unless ``merge=False`` (chapter 4 reads the
-    adapter modules). The last model loaded is kept and reused."""
+    adapter modules). The last model loaded is kept and reused; loading another frees it first (``devices.unload``:
+    its memory is back before the next model's weights arrive, if the caller keeps no reference to it)."""
     p, ft = ch.p, ft or ch.chat
     key = (ft.model, ft.adapter, merge)
     if key not in ch._loaded:
-        ch._loaded.clear()  # one model in memory at a time
-        model, tok, info = load_model(ft.model, ft.adapter, dtype=p.dtype, device_map=p.device_map,
+        devices.unload(ch._loaded)  # one model in memory at a time
+        model, tok, info = load_model(ft.model, ft.adapter, dtype=p.dtype,
+                                      device_map=devices.device_map_for(p.device_map, p.allow_cpu),
                                       cache_dir=p.cache_dir, trust_remote_code=p.trust_remote_code, merge=merge)
         ch._loaded[key] = (model, tok, replace(info, model_sha256=ft.model_sha256))
     return ch._loaded[key]
@@ -230,19 +233,19 @@ def train_organism(ch: Chapter, organism: Organism) -> train.TrainResult:
     done = train.trained_adapter(organism.dataset, spec, organism.config, out_dir=out_dir, model_id=model_id)
     if done is not None:
         return done
-    ch._loaded.clear()  # training injects adapters into the model in place: never reuse it
-    model, tok, _ = load_model(ch.p.model, ch.p.adapter, dtype=ch.p.dtype, device_map=ch.p.device_map,
+    devices.unload(ch._loaded)  # training injects adapters into the model in place: never reuse it
+    model, tok, _ = load_model(ch.p.model, ch.p.adapter, dtype=ch.p.dtype,
+                               device_map=devices.device_map_for(ch.p.device_map, ch.p.allow_cpu),
                                cache_dir=ch.p.cache_dir, trust_remote_code=ch.p.trust_remote_code, merge=True)
-    return train.train_lora(model, tok, organism.dataset, spec, organism.config, out_dir=out_dir, model_id=model_id)
+    result = train.train_lora(model, tok, organism.dataset, spec, organism.config, out_dir=out_dir, model_id=model_id)
+    log_computed(ch.p.cache_dir, "train", result.adapter_dir.name)
+    return result
 
 
-def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
-                     label: str | None = None, sampling: SamplingConfig | None = None,
-                     intervention: Intervention | Stacked | None = None) -> pd.DataFrame:
-    """Sample ``questions`` (default: the chapter's) from ``ft`` (default: the chat model; an organism from
-    ``ch.ready``), optionally with an ``intervention``, and judge them; the model is loaded only if the
-    samples are not cached. ``sampling`` defaults to the params' evaluation setting. Returns the judged
-    table with a leading ``model`` column set to ``label`` (default: ``ft``'s name). Chapters 0–5."""
+def sample(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
+           sampling: SamplingConfig | None = None, intervention: Intervention | Stacked | None = None) -> pd.DataFrame:
+    """The sampled (unjudged) table of ``sample_and_judge``: from the cache, or sampled now (the model loaded only
+    then). ``emlib.work``'s sampling jobs; chapters 0–5 through ``sample_and_judge``."""
     p, questions, ft = ch.p, questions if questions is not None else ch.questions, ft or ch.chat
     sampling = sampling or sampling_from_params(p)
     merge = sampling.amplification == 1.0  # amplified sampling disables the adapters: keep them unmerged
@@ -253,22 +256,21 @@ def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft
         model, tok, _ = load(ch, ft, merge=merge)
         samples = generate.sample_responses(model, tok, questions, sampling, cache_dir=p.cache_dir,
                                             model_provenance=prov, intervention=intervention)
+    return samples
+
+
+def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
+                     label: str | None = None, sampling: SamplingConfig | None = None,
+                     intervention: Intervention | Stacked | None = None) -> pd.DataFrame:
+    """Sample ``questions`` (default: the chapter's) from ``ft`` (default: the chat model; an organism from
+    ``ch.ready``), optionally with an ``intervention``, and judge them; the model is loaded only if the
+    samples are not cached. ``sampling`` defaults to the params' evaluation setting. Returns the judged
+    table with a leading ``model`` column set to ``label`` (default: ``ft``'s name). Chapters 0–5."""
+    p, questions, ft = ch.p, questions if questions is not None else ch.questions, ft or ch.chat
+    samples = sample(ch, questions, ft=ft, sampling=sampling, intervention=intervention)
     scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p))
     scored.insert(0, "model", label or ft.name)
     return scored
-
-
-def sample_and_judge_units(ch: Chapter, questions: list[Question] | None = None, *, ft: FineTune | None = None,
-                           label: str | None = None, sampling: SamplingConfig,
-                           units: list[Intervention | None], name: str = "units") -> pd.DataFrame:
-    """``sample_and_judge`` of many interventions ("units", ``None`` for none) in ONE batched run
-    (``emlib.interventions.Stacked``): every unit answers each question ``sampling.samples_per_question`` times, in
-    the same batches with the same seed, each row under its own unit, so the units are sampled alike (exchangeable
-    under the null of a rank test) at the cost of a few large batches instead of one small run per unit. Returns
-    one judged table with the leading ``model`` column and a ``unit`` column (the index in ``units``).
-    Chapters 2 and 3 (the rank tests' units)."""
-    return sample_and_judge(ch, questions, ft=ft, label=label, sampling=sampling,
-                            intervention=Stacked(tuple(units), name))
 
 
 def answer_sums(ch: Chapter, samples: pd.DataFrame, *, ft: FineTune | None = None) -> tuple[torch.Tensor, torch.Tensor]:

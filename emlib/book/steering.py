@@ -19,14 +19,16 @@ from tqdm.auto import tqdm
 from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
-from emlib.book.session import Chapter, intervention_sampling, sample_and_judge, sample_and_judge_units
+from emlib.book.runs import RunSpec, execute
+from emlib.book.session import Chapter, intervention_sampling
 from emlib.config import Params, headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
 from emlib.directions import Directions
 from emlib.inference import Effect, Verdict, rise_verdict, smallest_rank_p, within_question_effect
-from emlib.interventions import steer
+from emlib.interventions import Stacked, steer
 from emlib.metrics import JudgeError, Thresholds, classify, rates
 from emlib.paper import value
+from emlib.plan import Run, n_gaussian
 
 CONTROL_SEED = 1000  # seed offset of the random control vectors (chapters 2 and 3 draw the same ones)
 # the steering unit's alternative per measure: the direction should lower mean aligned and raise misaligned %
@@ -63,9 +65,42 @@ def control_vectors(ch: Chapter, direction: Directions) -> dict[str, list[Direct
             "Gaussian": controls.gaussian(direction, n_gaussian(p), seed=p.seed + CONTROL_SEED)}
 
 
-def n_gaussian(p: Params) -> int:
-    """Gaussian random vectors per quoted cell: ``gaussian_controls``, or as many as ``random_controls``."""
-    return p.random_controls if p.gaussian_controls is None else p.gaussian_controls
+def _setting(kind: str, k: int, lay: int, s: float) -> str:
+    return f"{kind}{'' if kind == 'direction' else f' {k}'} L{lay} λ={s:g}"
+
+
+def steering_specs(ch: Chapter, direction: Directions) -> list[RunSpec]:
+    """Every steering run (``steering_runs``) as a ``RunSpec``, named as ``emlib.plan`` names it: the unsteered
+    chat model and the direction at the headline cell, the sweep's other cells, and one stacked run of the rank
+    test's units (the direction's own and every random vector's, sampled alike). Chapter 2 and ``emlib.work``."""
+    p, qs, where, t = ch.p, intervention_questions(ch), ch.p.intervention_questions, ch.p.intervention_max_new_tokens
+    layer, scale = headline_cell(p, direction.n_layers)
+    specs = [RunSpec(Run("chat model", where, p.headline_samples_per_question, t), qs, None, "chat model",
+                     intervention_sampling(p, p.headline_samples_per_question),
+                     meta=dict(arm="headline", kind="none", unit=0, layer=-1, scale=0.0, setting="unsteered",
+                               vector="none"))]
+    cells = [("headline", layer, scale, p.headline_samples_per_question)] + [
+        ("sweep", lay, s, p.steer_samples_per_question) for lay in steering_layers(p, direction.n_layers)
+        for s in p.steer_scales if (lay, s) != (layer, scale)]
+    for arm, lay, s, n in cells:
+        specs.append(RunSpec(Run("chat model", where, n, t, intervention=f"steer direction L{lay} x{s:g}"), qs, None,
+                             "chat model", intervention_sampling(p, n),
+                             steer(direction.vectors[lay], lay, s, label=f"steer direction 0 L{lay} x{s:g}"),
+                             meta=dict(arm=arm, kind="direction", unit=0, layer=lay, scale=s,
+                                       setting=_setting("direction", 0, lay, s), vector="mean-diff")))
+    vecs = control_vectors(ch, direction)
+    units = [("direction", 0, direction)] + [(kind, k, v) for kind, vs in vecs.items() for k, v in enumerate(vs)]
+    n = p.control_samples_per_question
+    specs.append(RunSpec(
+        Run("chat model", where, len(units) * n, t,
+            intervention=f"stacked steering units ({len(units)}) L{layer} x{scale:g}"),
+        qs, None, "chat model", intervention_sampling(p, n),
+        Stacked(tuple(steer(v.vectors[layer], layer, scale, label=f"steer {kind} {k} L{layer} x{scale:g}")
+                      for kind, k, v in units), f"steering units L{layer} x{scale:g}"),
+        meta=dict(arm="unit", layer=layer, scale=scale),
+        units=[dict(kind=kind, unit=k, setting=_setting(kind, k, layer, scale),
+                    vector="mean-diff" if kind == "direction" else "random") for kind, k, _ in units]))
+    return specs
 
 
 def steering_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
@@ -73,36 +108,7 @@ def steering_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     (arm "headline"), the direction's and each random vector's rank-test unit at that cell (arm "unit"), the other
     cells of the sweep (arm "sweep"). Columns ``arm``, ``kind`` (none / direction / a kind of control), ``unit``,
     ``layer``, ``scale``, ``vector`` (none / mean-diff / random), ``setting``. Chapters 2 and 5."""
-    p, qs = ch.p, intervention_questions(ch)
-    layer, scale = headline_cell(p, direction.n_layers)
-    vecs = control_vectors(ch, direction)
-    runs: list[tuple[str, str, int, int, float, Directions | None, int]] = [
-        ("headline", "none", 0, -1, 0.0, None, p.headline_samples_per_question),
-        ("headline", "direction", 0, layer, scale, direction, p.headline_samples_per_question)]
-    runs += [("sweep", "direction", 0, lay, s, direction, p.steer_samples_per_question)
-             for lay in steering_layers(p, direction.n_layers) for s in p.steer_scales if (lay, s) != (layer, scale)]
-    def setting(kind: str, k: int, lay: int, s: float) -> str:
-        return f"{kind}{'' if kind == 'direction' else f' {k}'} L{lay} λ={s:g}"
-
-    tables = []
-    for arm, kind, k, lay, s, vec, n in tqdm(runs, desc="steering runs"):
-        label = f"steer {kind} {k} L{lay} x{s:g}"
-        iv = None if vec is None else steer(vec.vectors[lay], lay, s, label=label)
-        t = sample_and_judge(ch, qs, label="chat model", sampling=intervention_sampling(p, n), intervention=iv)
-        tables.append(t.assign(arm=arm, kind=kind, unit=k, layer=lay, scale=s,
-                               setting="unsteered" if vec is None else setting(kind, k, lay, s),
-                               vector="none" if vec is None else "mean-diff"))
-    # the rank test's units, the direction's own and every random vector's, in one stacked run (sampled alike)
-    units = [("direction", 0, direction)] + [(kind, k, v) for kind, vs in vecs.items() for k, v in enumerate(vs)]
-    t = sample_and_judge_units(ch, qs, label="chat model", sampling=intervention_sampling(
-        p, p.control_samples_per_question), units=[steer(v.vectors[layer], layer, scale,
-                                                         label=f"steer {kind} {k} L{layer} x{scale:g}")
-                                                   for kind, k, v in units], name=f"steering units L{layer} x{scale:g}")
-    index = t.pop("unit")
-    tables.append(t.assign(arm="unit", kind=[units[i][0] for i in index], unit=[units[i][1] for i in index],
-                           layer=layer, scale=scale, setting=[setting(units[i][0], units[i][1], layer, scale)
-                                                              for i in index],
-                           vector=["mean-diff" if units[i][0] == "direction" else "random" for i in index]))
+    tables = [execute(ch, spec) for spec in tqdm(steering_specs(ch, direction), desc="steering runs")]
     return classify(pd.concat(tables, ignore_index=True))
 
 

@@ -13,14 +13,16 @@ from tqdm.auto import tqdm
 from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
-from emlib.book.session import Chapter, intervention_sampling, sample_and_judge, sample_and_judge_units
-from emlib.book.steering import control_vectors, intervention_questions, n_gaussian
+from emlib.book.runs import RunSpec, execute
+from emlib.book.session import Chapter, intervention_sampling
+from emlib.book.steering import control_vectors, intervention_questions
 from emlib.directions import Directions
 from emlib.inference import Effect, Verdict, smallest_rank_p, within_question_effect
-from emlib.interventions import Intervention, ablate
+from emlib.interventions import Stacked, ablate
 from emlib.metrics import MIN_EM_BEFORE, Thresholds, classify, reduction
 from emlib.models import single_direction_layer
 from emlib.paper import TRANSFER_CLAIMS, value
+from emlib.plan import Run, n_gaussian, n_transfer
 
 QUOTED = ("single", "layer-wise")  # the quoted ablations (layer-wise on the direction organism only)
 ABLATION_ALTERNATIVES = {"mean aligned": "greater", "misaligned %": "less", "coherent %": "two-sided"}
@@ -39,8 +41,43 @@ def n_controls(ch: Chapter, model: str, kind: str = controls.KINDS[0]) -> int:
     ``transfer_random_controls`` of each (default: as many as in the direction organism)."""
     p = ch.p
     most = p.random_controls if kind == controls.KINDS[0] else n_gaussian(p)
-    return most if model == p.direction_organism or p.transfer_random_controls is None \
-        else min(p.transfer_random_controls, most)
+    return most if model == p.direction_organism else n_transfer(p, most)
+
+
+def ablation_specs(ch: Chapter, direction: Directions) -> list[RunSpec]:
+    """Every ablation run (``ablation_runs``) as a ``RunSpec``, named as ``emlib.plan`` names it. Chapter 3 and
+    ``emlib.work``."""
+    p, qs, where, t = ch.p, intervention_questions(ch), ch.p.intervention_questions, ch.p.intervention_max_new_tokens
+    n = direction.n_layers
+    layer = single_direction_layer(n)
+    everywhere = lambda v: {i: v for i in range(n)}  # noqa: E731
+    a = p.ablation_samples_per_question
+    specs = [RunSpec(Run(CHAT, where, p.headline_samples_per_question, t), qs, None, CHAT,
+                     intervention_sampling(p, p.headline_samples_per_question),
+                     meta=dict(ablation="none", arm="base", kind="none", unit=0))]
+    vecs = control_vectors(ch, direction)
+    for model in [p.direction_organism, *p.compare_organisms]:
+        ft = ch.ready[model]
+        arms = [("none", "base", "none", None), ("single", "quoted", "direction",
+                                                  ablate(everywhere(direction.vectors[layer]), "single"))]
+        if model == p.direction_organism:
+            arms.append(("layer-wise", "quoted", "direction", ablate(direction.by_layer(), "layer-wise")))
+        for name, arm, kind, iv in arms:
+            specs.append(RunSpec(Run(model, where, a, t, intervention="none" if iv is None else f"ablate {name}"), qs,
+                                 ft, None, intervention_sampling(p, a), iv,
+                                 meta=dict(ablation=name, arm=arm, kind=kind, unit=0)))
+        # the single ablation's rank-test unit and the random units, in one stacked run (sampled alike)
+        units = [("single (unit)", "direction", 0, direction)] + [
+            (f"{kind} {k}", kind, k, v) for kind, vs in vecs.items()
+            for k, v in enumerate(vs[:n_controls(ch, model, kind)])]
+        specs.append(RunSpec(
+            Run(model, where, len(units) * p.control_samples_per_question, t,
+                intervention=f"stacked ablation units ({len(units)})"),
+            qs, ft, None, intervention_sampling(p, p.control_samples_per_question),
+            Stacked(tuple(ablate(everywhere(v.vectors[layer]), "single" if kind == "direction" else name)
+                          for name, kind, _, v in units), f"ablation units L{layer}"),
+            meta=dict(arm="unit"), units=[dict(ablation=name, kind=kind, unit=k) for name, kind, k, _ in units]))
+    return specs
 
 
 def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
@@ -49,41 +86,9 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     ``compare_organisms``: unablated and single-direction ablation (the relative-depth-0.5 vector at every layer) on
     ``ablation_samples_per_question``; the direction organism also layer-wise; the single ablation's rank-test
     unit and each random vector's (chapter 2's control vectors at that layer, ``n_controls`` of each kind) on
-    ``control_samples_per_question``, a model's units all in one batched run (``sample_and_judge_units``: each
-    row under its own unit). Columns ``model``, ``ablation``, ``arm`` (base / quoted / unit), ``kind``,
-    ``unit``."""
-    p, qs = ch.p, intervention_questions(ch)
-    n = direction.n_layers
-    layer = single_direction_layer(n)
-    everywhere = lambda v: {i: v for i in range(n)}  # noqa: E731
-    vecs = control_vectors(ch, direction)
-    runs: list[tuple[str, str, str, str, int, Intervention | None, int]] = [
-        (CHAT, "none", "base", "none", 0, None, p.headline_samples_per_question)]
-    for model in [p.direction_organism, *p.compare_organisms]:
-        runs += [(model, "none", "base", "none", 0, None, p.ablation_samples_per_question),
-                 (model, "single", "quoted", "direction", 0, ablate(everywhere(direction.vectors[layer]), "single"),
-                  p.ablation_samples_per_question)]
-        if model == p.direction_organism:
-            runs.append((model, "layer-wise", "quoted", "direction", 0, ablate(direction.by_layer(), "layer-wise"),
-                         p.ablation_samples_per_question))
-    tables = []
-    for model, name, arm, kind, k, iv, spq in tqdm(runs, desc="ablation runs"):
-        ft = None if model == CHAT else ch.ready[model]
-        t = sample_and_judge(ch, qs, ft=ft, label=CHAT if model == CHAT else None,
-                             sampling=intervention_sampling(p, spq), intervention=iv)
-        tables.append(t.assign(ablation=name, arm=arm, kind=kind, unit=k))
-    for model in tqdm([p.direction_organism, *p.compare_organisms], desc="ablation units"):
-        # the single ablation's rank-test unit and the random units, in one stacked run (sampled alike)
-        units = [("single (unit)", "direction", 0, direction)] + [
-            (f"{kind} {k}", kind, k, v) for kind, vs in vecs.items()
-            for k, v in enumerate(vs[:n_controls(ch, model, kind)])]
-        t = sample_and_judge_units(ch, qs, ft=ch.ready[model], sampling=intervention_sampling(
-            p, p.control_samples_per_question), units=[ablate(everywhere(v.vectors[layer]), "single" if kind ==
-                                                              "direction" else name) for name, kind, _, v in units],
-            name=f"ablation units L{layer}")
-        index = t.pop("unit")
-        tables.append(t.assign(**{c: [units[i][j] for i in index] for j, c in enumerate(("ablation", "kind", "unit"))},
-                               arm="unit"))
+    ``control_samples_per_question``, a model's units all in one stacked run (each row under its own unit).
+    Columns ``model``, ``ablation``, ``arm`` (base / quoted / unit), ``kind``, ``unit``."""
+    tables = [execute(ch, spec) for spec in tqdm(ablation_specs(ch, direction), desc="ablation runs")]
     c = classify(pd.concat(tables, ignore_index=True))
     return c[c["scored"]]
 

@@ -1,0 +1,277 @@
+"""Run the plan's jobs (``emlib.plan``) one at a time, on any number of workers sharing one cache.
+
+``python -m emlib.work PARAMS`` runs every job not yet done; ``--job KEY`` one job (and what it needs first);
+``--shard i/N`` every N-th job from the i-th, so N workers (processes, GPUs, machines) split the plan. A job fills
+only its own cache entries, which are written atomically (a reader sees a whole file or none), and a job runs under
+a lock (``cache_dir/jobs/locks/<key>``, created exclusively, its time refreshed while the job runs): a second worker
+waits for a job another holds, and a lock whose worker died (its process gone, or its heartbeat older than
+``STALE_AFTER``) is broken, so a killed worker's job is redone by the next. Sampling and activation passes resume
+from their last finished batch. A finished job leaves ``cache_dir/jobs/done/<key>.json``; ``make book`` then renders
+from the filled cache. ``--submitit local|slurm --workers N`` spreads the shards as one submitit job array
+(``submit``): SLURM on a cluster, subprocesses on one machine (README: "Many GPUs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from emlib.cache import write_text_atomic
+from emlib.plan import Job, Run, n_layers_of, plan
+
+HEARTBEAT = 15.0  # seconds between a running job's lock refreshes
+STALE_AFTER = 300.0  # a lock not refreshed for this long belongs to a dead worker (on any host)
+POLL = 2.0  # seconds between looks at a job another worker holds
+
+
+def jobs_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "jobs"
+
+
+def done_keys(cache_dir: str | Path) -> set[str]:
+    """Keys of the jobs a worker finished under ``cache_dir``."""
+    d = jobs_dir(cache_dir) / "done"
+    return {f.stem for f in d.glob("*.json")} if d.is_dir() else set()
+
+
+def computed(cache_dir: str | Path) -> list[dict[str, Any]]:
+    """The log of units computed under ``cache_dir`` (``emlib.cache.log_computed``): one dict a unit."""
+    path = jobs_dir(cache_dir) / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+class Lock:
+    """An exclusive lock on one job: a file created with ``O_EXCL`` holding the worker's host and pid, its
+    modification time refreshed every ``HEARTBEAT`` seconds by a thread while held."""
+
+    def __init__(self, path: Path):
+        self.path, self._stop = path, threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def stale(path: Path, stale_after: float = STALE_AFTER) -> bool:
+        """Whether the lock at ``path`` belongs to a dead worker: its process is gone (same host), or it has not
+        been refreshed for ``stale_after`` seconds."""
+        try:
+            holder, age = json.loads(path.read_text()), time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            return False  # being written or just released: look again later
+        if holder.get("host") == socket.gethostname():
+            try:
+                os.kill(int(holder["pid"]), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return age > stale_after
+
+    def acquire(self, stale_after: float = STALE_AFTER) -> bool:
+        """Take the lock if it is free or stale (a stale one is renamed away first: only one worker wins)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.stale(self.path, stale_after):
+            try:
+                os.replace(self.path, self.path.with_name(f".{self.path.name}.broken-{os.getpid()}"))
+            except FileNotFoundError:
+                pass
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+
+def run_job(ch: Any, job: Job) -> None:
+    """Compute ``job``'s cache entries with the chapters' own functions (``ch``: an ``emlib.book.Chapter``)."""
+    from emlib.book import direction_extraction as dx
+    from emlib.book import lora_probes, session
+
+    kind = job.target[0]
+    if kind == "train":
+        session.train_organism(ch, next(o for o in ch.organisms if o.name == job.target[1]))
+        return
+    if kind == "activations":
+        _, what, run, through, _ = job.target
+        run = Run(**run)
+        if what == "means":
+            source, texts = dx.source_of(ch)
+            lora_probes.geometry_pass(ch, texts, source, through)
+        else:  # an extraction set's texts through its own model, or through another (the cross-model control)
+            spec = spec_for(ch, run)
+            samples = session.sample(ch, spec.questions, ft=spec.ft, sampling=spec.sampling)
+            session.answer_sums(ch, samples, ft=None if through == "chat model" else ch.ready[through])
+        return
+    spec = spec_for(ch, Run(**job.target[1]))
+    if kind == "sample":
+        session.sample(ch, spec.questions, ft=spec.ft, sampling=spec.sampling, intervention=spec.intervention)
+    elif kind == "judge":
+        session.sample_and_judge(ch, spec.questions, ft=spec.ft, sampling=spec.sampling, intervention=spec.intervention)
+    elif kind == "set judge":
+        full = session.sample_and_judge(ch, spec.questions, ft=spec.ft, sampling=spec.sampling).reset_index(drop=True)
+        session.judge_table(ch, full, spec.questions)
+    else:
+        raise ValueError(f"job {job.key}: unknown target {job.target!r}")
+
+
+def _questions(ch: Any, which: str) -> list:
+    from emlib.data import BUILTIN_MEDICAL_QUESTIONS, load_questions
+
+    return ch.questions if which == "evaluation" else load_questions(BUILTIN_MEDICAL_QUESTIONS)
+
+
+def spec_for(ch: Any, run: Run) -> Any:
+    """The chapters' ``RunSpec`` of the sampling run the plan calls ``run``: an evaluation or extraction run (no
+    direction needed), else a steering or ablation run (the direction read from chapter 2's cache)."""
+    from emlib.book import direction_extraction as dx
+    from emlib.book import session
+    from emlib.book.runs import RunSpec
+    from emlib.book.steering import steering_specs
+    from emlib.book.transfer_ablation import ablation_specs
+
+    p = ch.p
+    ft = None if run.model == "chat model" else ch.ready[run.model]
+    if run.intervention == "none" and run.amplification == 1.0 and run.max_new_tokens == p.max_new_tokens \
+            and run.questions == "evaluation" and run.samples_per_question == p.samples_per_question:
+        return RunSpec(run, ch.questions, ft, None, session.sampling_from_params(p))
+    if run.intervention == "none" and run.max_new_tokens == p.intervention_max_new_tokens:
+        sampling = replace(session.intervention_sampling(p, run.samples_per_question), amplification=run.amplification)
+        return RunSpec(run, _questions(ch, run.questions), ft, None, sampling)
+    direction, _ = dx.source_of(ch)
+    for spec in steering_specs(ch, direction) + ablation_specs(ch, direction):
+        if spec.run == run:
+            return spec
+    raise ValueError(f"no chapter samples the run the plan names {run}: emlib.plan and the chapters disagree")
+
+
+def ensure(ch: Any, job: Job, by_key: dict[str, Job], *, stale_after: float = STALE_AFTER,
+           log: list[str] | None = None) -> None:
+    """``job`` done under the shared cache: its dependencies first (each run here or waited for), then the job
+    itself under its lock, unless another worker did it meanwhile. ``log`` collects the keys run here."""
+    cache = ch.p.cache_dir
+    if job.key in done_keys(cache):
+        return
+    for d in job.deps:
+        ensure(ch, by_key[d], by_key, stale_after=stale_after, log=log)
+    lock = Lock(jobs_dir(cache) / "locks" / job.key)
+    while job.key not in done_keys(cache):
+        if not lock.acquire(stale_after):
+            time.sleep(POLL)
+            continue
+        try:
+            if job.key not in done_keys(cache):
+                t0 = time.time()
+                run_job(ch, job)
+                write_text_atomic(jobs_dir(cache) / "done" / f"{job.key}.json", json.dumps(
+                    {**asdict(job), "seconds": round(time.time() - t0, 2), "host": socket.gethostname(),
+                     "pid": os.getpid()}, default=str))
+                if log is not None:
+                    log.append(job.key)
+        finally:
+            lock.release()
+
+
+def select(jobs: Sequence[Job], *, keys: Sequence[str] = (), shard: tuple[int, int] = (0, 1)) -> list[Job]:
+    """The jobs named by ``keys`` (a unique prefix of a key is enough), else shard ``i`` of ``n`` (every n-th job
+    from the i-th, in the plan's order)."""
+    if keys:
+        out = []
+        for k in keys:
+            hits = [j for j in jobs if j.key.startswith(k)]
+            if len(hits) != 1:
+                raise ValueError(f"--job {k}: {'no' if not hits else len(hits)} jobs of the plan match "
+                                 "(python -m emlib.plan PARAMS lists them)")
+            out += hits
+        return out
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {i}/{n}: want 0 <= i < N")
+    return [j for k, j in enumerate(jobs) if k % n == i]
+
+
+def work(params_file: str, *, keys: Sequence[str] = (), shard: tuple[int, int] = (0, 1),
+         overrides: dict[str, Any] | None = None, stale_after: float = STALE_AFTER) -> list[str]:
+    """Run the selected jobs of ``params_file``'s plan (and what they need), with the chapters' own code; returns
+    the keys this worker ran. Used by ``python -m emlib.work`` and each ``submit`` worker."""
+    from emlib.book.session import open_chapter
+
+    ch = open_chapter(params_file, overrides or {})
+    jobs = plan(ch.p, ch.info.n_layers)
+    by_key = {j.key: j for j in jobs}
+    ran: list[str] = []
+    for job in tqdm(select(jobs, keys=keys, shard=shard), desc=f"jobs (shard {shard[0]}/{shard[1]})", unit="job"):
+        ensure(ch, job, by_key, stale_after=stale_after, log=ran)
+    return ran
+
+
+def submit(params_file: str, workers: int, *, cluster: str, folder: str | Path,
+           overrides: dict[str, Any] | None = None, timeout_min: int = 24 * 60, slurm_partition: str | None = None,
+           gpus_per_node: int = 0, cpus_per_task: int = 2, wait: bool = True) -> list[Any]:
+    """``work`` on ``workers`` shards as one submitit job array: ``cluster`` "slurm" (one array task a shard, each
+    with ``gpus_per_node`` GPUs), "local" (subprocesses here) or "debug" (in this process). Returns each shard's
+    ``work`` result (``wait``), else the submitit jobs."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    ex.update_parameters(timeout_min=timeout_min, cpus_per_task=cpus_per_task, gpus_per_node=gpus_per_node,
+                         slurm_array_parallelism=workers, **({"slurm_partition": slurm_partition}
+                                                              if slurm_partition else {}))
+    jobs = ex.map_array(_shard, [params_file] * workers, list(range(workers)), [workers] * workers,
+                        [overrides or {}] * workers)
+    return [j.result() for j in jobs] if wait else jobs
+
+
+def _shard(params_file: str, i: int, n: int, overrides: dict[str, Any]) -> list[str]:
+    return work(params_file, shard=(i, n), overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m emlib.work PARAMS [--job KEY ...] [--shard i/N] [--submitit local|slurm --workers N]``."""
+    ap = argparse.ArgumentParser(prog="python -m emlib.work", description=__doc__.splitlines()[0])
+    ap.add_argument("params")
+    ap.add_argument("--job", action="append", default=[], help="a job's key (or a unique prefix); repeatable")
+    ap.add_argument("--shard", default="0/1", help="i/N: run every N-th job from the i-th")
+    ap.add_argument("--submitit", choices=["local", "slurm"], help="spread --workers shards as a submitit array")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--folder", default="_build/submitit", help="submitit's logs and pickles")
+    ap.add_argument("--partition", help="SLURM partition")
+    ap.add_argument("--gpus-per-worker", type=int, default=1)
+    a = ap.parse_args(argv)
+    if a.submitit:
+        done = submit(a.params, a.workers, cluster=a.submitit, folder=a.folder, slurm_partition=a.partition,
+                      gpus_per_node=a.gpus_per_worker if a.submitit == "slurm" else 0)
+        print(f"{sum(map(len, done))} jobs run by {a.workers} workers")
+        return 0
+    i, n = (int(x) for x in a.shard.split("/"))
+    ran = work(a.params, keys=a.job, shard=(i, n))
+    print(f"{len(ran)} jobs run")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
