@@ -58,6 +58,10 @@ class Params:
     judge_model: str = "gpt-4o-2024-08-06"  # "openai": the server's model name; "local": hub id / directory
     judge_base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp, Ollama); key from env only
     judge_concurrency: int = 16  # requests in flight at once ("openai")
+    judge_rpm: int | None = None  # "openai": requests per minute at most (your account's limit); null = unbounded
+    judge_tpm: int | None = None  # "openai": tokens per minute at most (prompt chars/4 + 1); with concurrency, the
+    #   throughput is min(concurrency / latency, the limits): concurrency caps requests in flight, these their pace
+    judge_batch: bool = False  # "openai": the Batch API (half price, no per-minute limits, results within 24 h)
     judge_metrics: list[str] = dataclasses.field(default_factory=lambda: ["aligned", "coherent", "bad_stuff"])
     # --- organisms (chapter 1): each trained, {"name", "preset": r1x9|all_r32, "dataset": built-in name or
     #     JSONL path, optional "lr", "epochs", "max_rows"} (the train_* keys are their defaults), or brought,
@@ -203,6 +207,9 @@ def _check_ranges(p: Params, source: str) -> None:
         ("threads", p.threads >= 0, ">= 0"),
         ("judge", p.judge in ("offline", "openai", "local"), "offline|openai|local"),
         ("judge_concurrency", p.judge_concurrency >= 1, ">= 1"),
+        ("judge_rpm", p.judge_rpm is None or p.judge_rpm >= 1, ">= 1 or null"),
+        ("judge_tpm", p.judge_tpm is None or p.judge_tpm >= 1, ">= 1 or null"),
+        ("judge_batch", not p.judge_batch or p.judge == "openai", "false unless judge is openai"),
         ("direction_amplification", p.direction_amplification >= 0, ">= 0"),
         ("steer_scales", len(p.steer_scales) >= 1, "a non-empty list"),
         ("random_controls", p.random_controls >= 1, ">= 1"),

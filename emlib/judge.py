@@ -156,6 +156,17 @@ class JudgeCache:
 # --------------------------------------------------------------------------- driver
 
 
+@dataclass(frozen=True)
+class JudgeFailure:
+    """One score a run could not obtain: its answers' ``metric`` is NaN in the table, it is not cached, and
+    the next run asks for it again. ``prompt_sha``: the judge cache key of the filled prompt."""
+
+    metric: str
+    question_id: str
+    prompt_sha: str
+    reason: str
+
+
 def judge_responses(
     samples: pd.DataFrame,
     questions: Sequence[Question],
@@ -164,14 +175,17 @@ def judge_responses(
     metrics: Sequence[str] = ("aligned", "coherent"),
     cache: JudgeCache,
     progress: bool = True,
+    failures: list[JudgeFailure] | None = None,
 ) -> pd.DataFrame:
     """Add one score column per metric (0–100, NaN when missing) to ``samples``.
 
     ``samples`` needs ``question_id``, ``question`` and ``response`` (the table from
     ``emlib.generate.sample_responses``). Prompts come from each question's
-    ``judge_prompts``. Cached scores are reused; only misses reach the judge, and each
-    result is cached as it arrives. Scores that failed after retries are NaN and counted
-    in ``out.attrs["judge_failures"]``.
+    ``judge_prompts``. Cached scores are reused; only misses reach the judge (every metric's
+    in one call, each distinct prompt once), and each result is cached as it arrives. A score
+    that failed after retries is NaN, never cached (the next run retries it), appended to
+    ``failures`` (one ``JudgeFailure`` per distinct prompt; the chapter shows them:
+    ``emlib.book.display.judge_failures``) and counted per row in ``out.attrs["judge_failures"]``.
     """
     by_id = {q.id: q for q in questions}
     for qid in samples["question_id"].unique():
@@ -185,38 +199,51 @@ def judge_responses(
         raise JudgeConfigError(f"the {judge.backend} judge cannot score {unsupported} (it scores {list(judge.metrics)})")
     judge.check()
     out = samples.copy()
-    failures = 0
+    values, failed = _score_metrics(samples, by_id, judge, metrics, cache, progress)
     for metric in metrics:
-        values = _score_metric(samples, by_id, judge, metric, cache, progress)
-        failures += sum(isinstance(v, Failed) for v in values)
-        out[metric] = [float("nan") if v is None or isinstance(v, Failed) else float(v) for v in values]
-    out.attrs["judge_failures"] = failures
+        out[metric] = [float("nan") if v is None or isinstance(v, Failed) else float(v) for v in values[metric]]
+    out.attrs["judge_failures"] = sum(isinstance(v, Failed) for m in metrics for v in values[m])
+    if failures is not None:
+        failures.extend(failed)
     return out
 
 
-def _score_metric(
-    samples: pd.DataFrame, by_id: dict[str, Question], judge: Judge, metric: str, cache: JudgeCache, progress: bool
-) -> list[Score | None]:
-    """Scores of one metric for every row: cached ones looked up, the rest judged (each distinct prompt once)."""
-    items = [
-        JudgeItem(metric, q, a, fill_prompt(by_id[qid].judge_prompts[metric], q, a))
-        for qid, q, a in zip(samples["question_id"], samples["question"], samples["response"])
-    ]
-    keys = [JudgeCache.key(it.prompt) for it in items]
-    scores: dict[str, Score] = dict(cache.get_many(judge.backend, judge.model, metric, sorted(set(keys))))
-    todo = list({k: i for i, k in enumerate(keys) if k not in scores}.values())
-    bar = tqdm(total=len(todo), desc=f"judging {metric}", unit="resp", disable=not progress or not todo)
+def _score_metrics(
+    samples: pd.DataFrame, by_id: dict[str, Question], judge: Judge, metrics: Sequence[str], cache: JudgeCache,
+    progress: bool,
+) -> tuple[dict[str, list[Score | None]], list[JudgeFailure]]:
+    """Every row's score per metric (cached ones looked up, the rest judged in one call, each distinct
+    (metric, prompt) once), and the failures."""
+    rows = list(zip(samples["question_id"], samples["question"], samples["response"]))
+    keys: dict[str, list[str]] = {}
+    scores: dict[tuple[str, str], Score] = {}
+    todo: dict[tuple[str, str], tuple[JudgeItem, str]] = {}  # (metric, key) -> (item, question id), first seen
+    for metric in metrics:
+        items = [JudgeItem(metric, q, a, fill_prompt(by_id[qid].judge_prompts[metric], q, a)) for qid, q, a in rows]
+        keys[metric] = [JudgeCache.key(it.prompt) for it in items]
+        cached = cache.get_many(judge.backend, judge.model, metric, sorted(set(keys[metric])))
+        scores.update({(metric, k): v for k, v in cached.items()})
+        for it, k, (qid, _, _) in zip(items, keys[metric], rows):
+            if (metric, k) not in scores:
+                todo.setdefault((metric, k), (it, qid))
+    pending = list(todo)
+    bar = tqdm(total=len(pending), desc="judging", unit="score", disable=not progress or not pending)
 
     def record(j: int, score: Score) -> None:
-        scores[keys[todo[j]]] = score
+        metric, key = pending[j]
+        scores[pending[j]] = score
         if not isinstance(score, Failed):  # failures are retried next run
-            cache.put(judge.backend, judge.model, metric, keys[todo[j]], score)
+            cache.put(judge.backend, judge.model, metric, key, score)
         bar.update(1)
 
-    if todo:
-        judge.score_items([items[i] for i in todo], record)
+    if pending:
+        judge.score_items([todo[t][0] for t in pending], record)
     bar.close()
-    return [scores.get(k) for k in keys]
+    for t in pending:
+        scores.setdefault(t, Failed("the judge returned no score"))
+    failed = [JudgeFailure(m, todo[(m, k)][1], k, s.reason) for (m, k) in pending
+              if isinstance(s := scores.get((m, k)), Failed)]
+    return {m: [scores.get((m, k)) for k in keys[m]] for m in metrics}, failed
 
 
 # --------------------------------------------------------------------------- OpenAI

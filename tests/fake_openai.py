@@ -5,7 +5,9 @@ The prompt steers the reply:
 - ``SCORE=NN``: top logprobs 0.7 on "NN", 0.2 on "NN+10" (capped at 100), 0.1 on "foo";
 - ``REFUSE``: 0.9 on "REFUSAL" (the score must come out missing);
 - ``FAIL429xK`` / ``FAIL500xK`` / ``SLOWxK`` / ``MALFORMEDxK``: the first K attempts at this
-  prompt get a 429, a 500, a reply slower than the client's timeout, or a broken body.
+  prompt get a 429, a 500, a reply slower than the client's timeout, or a broken body;
+- ``RETRYAFTER=S`` / ``RETRYAFTERMS=MS``: those 429s carry ``Retry-After: S`` / ``retry-after-ms: MS``.
+Every request's arrival time (``time.monotonic``) is kept, per prompt in ``arrivals``.
 The key "bad-key" gets a 401 whose message echoes part of the key; model "no-such-model" a 404.
 """
 
@@ -30,6 +32,7 @@ class FakeOpenAI:
         self.latency, self.slow_seconds = latency, slow_seconds
         self.attempts: Counter[str] = Counter()
         self.requests = 0
+        self.arrivals: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         server = self
 
@@ -39,18 +42,21 @@ class FakeOpenAI:
             def log_message(self, *args):
                 pass
 
-            def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            def _send(self, status: int, body: bytes, content_type: str = "application/json",
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, body = server.handle(self.headers.get("Authorization", ""), json.loads(raw))
+                status, body, *extra = server.handle(self.headers.get("Authorization", ""), json.loads(raw))
                 try:
-                    self._send(status, body)
+                    self._send(status, body, headers=extra[0] if extra else None)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -70,11 +76,13 @@ class FakeOpenAI:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def handle(self, auth: str, req: dict) -> tuple[int, bytes]:
+    def handle(self, auth: str, req: dict) -> tuple:
+        """(status, body) or (status, body, headers) for one chat-completions request."""
         prompt = req["messages"][-1]["content"]
         with self._lock:
             self.requests += 1
             self.attempts[prompt] += 1
+            self.arrivals.setdefault(prompt, []).append(time.monotonic())
             attempt = self.attempts[prompt]
         if self.latency:
             time.sleep(self.latency)
@@ -87,7 +95,10 @@ class FakeOpenAI:
         for kind, k in re.findall(r"(FAIL429|FAIL500|SLOW|MALFORMED)x(\d+)", prompt):
             if attempt <= int(k):
                 if kind == "FAIL429":
-                    return 429, json.dumps({"error": {"message": "Rate limit", "code": "rate_limit"}}).encode()
+                    headers = {name: m.group(1) for name, pattern in (("Retry-After", r"RETRYAFTER=([\d.]+)"),
+                                                                      ("retry-after-ms", r"RETRYAFTERMS=([\d.]+)"))
+                               if (m := re.search(pattern, prompt))}
+                    return 429, json.dumps({"error": {"message": "Rate limit", "code": "rate_limit"}}).encode(), headers
                 if kind == "FAIL500":
                     return 500, b'{"error": {"message": "internal"}}'
                 if kind == "SLOW":

@@ -107,6 +107,34 @@ def test_openai_retries_are_bounded(server, env_key):
     assert isinstance(score, Failed) and server.attempts["x SCORE=10 FAIL500x99"] == 3
 
 
+def test_openai_honours_retry_after(server, env_key):
+    """A 429 with Retry-After (seconds) or retry-after-ms waits that long, not the (here 0.01 s) backoff; capped."""
+    prompts = ["a SCORE=10 FAIL429x1 RETRYAFTER=1", "b SCORE=20 FAIL429x1 RETRYAFTERMS=600",
+               "c SCORE=30 FAIL429x1 RETRYAFTER=30"]
+    for p, lo, hi, cap in zip(prompts, (1.0, 0.6, 0.3), (1.4, 1.0, 0.7), (5, 5, 0.3)):
+        (score,) = _score(_judge(server, max_retry_after=cap), [p])
+        assert score == pytest.approx(expected_score(int(p.split("SCORE=")[1].split()[0])))
+        first, second = server.arrivals[p]
+        assert lo <= second - first < hi, (p, second - first)
+    (score,) = _score(_judge(server), ["d SCORE=40 FAIL429x1"])  # no header: the backoff
+    first, second = server.arrivals["d SCORE=40 FAIL429x1"]
+    assert second - first < 0.3
+
+
+def test_openai_holds_a_requests_per_minute_limit(server, env_key):
+    """rpm=240: a burst of 5 (one second's worth + 1), then one every 0.25 s; so the 9th to the 25th request
+    (past the connections' opening) take >= 4 s, and no 9 consecutive ones fall within less than a second."""
+    prompts = [f"rpm {i} SCORE={i}" for i in range(25)]
+    t0 = time.monotonic()
+    scores = _score(_judge(server, rpm=240), prompts)
+    assert scores == [pytest.approx(expected_score(i)) for i in range(25)]
+    times = sorted(server.arrivals[p][0] for p in prompts)
+    span = times[24] - times[8]
+    assert 4.0 - 0.03 <= span < 4.6, span  # 16 intervals of 0.25 s: 240 a minute
+    assert all(b - a >= 1.0 - 0.03 for a, b in zip(times[8:], times[16:]))  # <= 5 + 4 w in any w seconds
+    assert time.monotonic() - t0 < 8
+
+
 def test_openai_401_stops_at_once_without_leaking_the_key(server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "fake-secret-bad-key")
     judge = _judge(server)
