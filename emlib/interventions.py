@@ -47,6 +47,19 @@ class InterventionError(ValueError):
     """An intervention that does not fit the model (layer out of range, wrong width)."""
 
 
+def _on(owner: Any, name: tuple[str, int], v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``v`` on ``h``'s device in ``h``'s dtype, copied once per (name, device, dtype) and kept in ``owner``'s private
+    ``_copies`` (outside its fields: not in equality, repr or ``identity``), so a hook on a GPU makes no host→device
+    copy per layer per decoding step. A model spread over GPUs (``device_map: auto``) gets one copy per layer's GPU."""
+    copies = owner.__dict__.setdefault("_copies", {})
+    key = (*name, h.device, h.dtype)
+    on = copies.get(key)
+    if on is None:
+        with torch.inference_mode(False):  # a plain tensor, usable later with autograd too (not an inference one)
+            on = copies[key] = v.to(h.device, h.dtype)
+    return on
+
+
 def _fingerprint(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -74,6 +87,9 @@ class Intervention:
         object.__setattr__(self, "ablate", units)
         object.__setattr__(self, "add", {int(k): v.float().detach() for k, v in self.add.items()})
 
+    def __getstate__(self) -> dict[str, Any]:  # a pickle holds the vectors, not their device copies
+        return {k: v for k, v in self.__dict__.items() if k != "_copies"}
+
     @property
     def layers(self) -> list[int]:
         """The layers it edits, ascending (the order a forward pass reaches them)."""
@@ -82,11 +98,11 @@ class Intervention:
     def edit(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """The edited residual stream at ``layer``: ``h`` [batch, seq, d_model] -> same shape."""
         if layer in self.ablate:
-            u = self.ablate[layer].to(h.device, h.dtype)
+            u = _on(self, ("ablate", layer), self.ablate[layer], h)
             flat = h.reshape(-1, h.shape[-1])
             h = torch.addr(flat, flat @ u, u, alpha=-1).view(h.shape)  # h − (h·u) uᵀ, one fused update
         if layer in self.add:
-            h = h + self.add[layer].to(h.device, h.dtype)
+            h = h + _on(self, ("add", layer), self.add[layer], h)
         return h
 
     def identity(self) -> dict[str, Any]:
@@ -112,9 +128,22 @@ class Intervention:
 
 
 class _Rows:
-    """The unit of each row of the next forward pass (set by the sampler before each call)."""
+    """The unit of each row of the next forward pass (set by the sampler before each call), and its copy on each
+    device a layer of the model lives on (made once per ``set_rows``, not per layer)."""
 
     units: torch.Tensor | None = None
+    on: dict[torch.device, torch.Tensor]
+
+    def __init__(self) -> None:
+        self.on = {}
+
+    def at(self, device: torch.device) -> torch.Tensor:
+        """``units`` [batch] on ``device``."""
+        assert self.units is not None
+        got = self.on.get(device)
+        if got is None:
+            got = self.on[device] = self.units.to(device)
+        return got
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,9 @@ class Stacked:
         width = next(v for v in vs if v is not None).shape[0]
         return torch.stack([torch.zeros(width) if v is None else v for v in vs])
 
+    def __getstate__(self) -> dict[str, Any]:  # a pickle holds the vectors, not their device copies
+        return {k: v for k, v in self.__dict__.items() if k != "_copies"}
+
     @property
     def layers(self) -> list[int]:
         """Every layer any unit edits, ascending."""
@@ -150,17 +182,18 @@ class Stacked:
     def edit(self, layer: int, h: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
         """``h`` [batch, seq, d_model] with row ``i`` edited by unit ``units[i]`` ([batch] ints; default: the rows
         last set by ``set_rows``): per row ``x − (x·û)û`` then ``+ add``, as ``Intervention.edit``."""
+        given = units
         units = self.rows.units if units is None else units
         if units is None or len(units) != h.shape[0]:
             raise InterventionError(f"{self.label or 'stacked intervention'}: {h.shape[0]} rows but unit indices "
                                     f"{None if units is None else len(units)}")
-        units = units.to(h.device)
+        units = self.rows.at(h.device) if given is None else units.to(h.device)
         ablate, add = self._tables()
         if layer in ablate:
-            u = ablate[layer].to(h.device, h.dtype)[units]  # [batch, d_model]
+            u = _on(self, ("ablate", layer), ablate[layer], h)[units]  # [batch, d_model]
             h = h - torch.einsum("bsd,bd->bs", h, u)[..., None] * u[:, None, :]
         if layer in add:
-            h = h + add[layer].to(h.device, h.dtype)[units][:, None, :]
+            h = h + _on(self, ("add", layer), add[layer], h)[units][:, None, :]
         return h
 
     def _tables(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
@@ -173,7 +206,7 @@ class Stacked:
 
     def set_rows(self, units: torch.Tensor) -> None:
         """Name the unit [batch] of each row of the next forward passes (the sampler calls it as rows change)."""
-        self.rows.units = units
+        self.rows.units, self.rows.on = units, {}
 
     def identity(self) -> dict[str, Any]:
         """Every unit's ``Intervention.identity``, in order, for cache keys."""

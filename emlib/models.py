@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from emlib.cache import atomic_path, sha256_file
+from emlib.devices import DEVICE_MAPS, valid_device_map, visible_gpus
 from emlib.sources import DEFAULT_SPEC, ModelError, default_model_dir, gguf_path, package_dir  # noqa: F401 (re-exported)
 
 PAPER_N_LAYERS = 48  # Qwen2.5-14B-Instruct
@@ -84,7 +85,9 @@ def load_model(
 
     ``spec``: ``"default"`` (embedded SmolLM2-135M-Instruct), a hub id or a local directory.
     ``adapter``: optional PEFT adapter directory (safetensors) applied on top.
-    ``device_map``: ``"auto"`` places the model on the GPU(s) when there are any.
+    ``device_map``: ``"cpu"``; ``"auto"`` spreads the model over the GPU(s) when there are any (the CPU
+    when there are none: the book's params are checked first, ``emlib.devices``); ``"cuda"`` / ``"cuda:N"``
+    one GPU (an error without it).
     ``merge``: fold the adapter into the base weights (W + B·A·scale): the same function with
     no per-projection LoRA overhead, for sampling and activations; keep it False where the
     adapter modules themselves are read (chapter 4's LoRA scalars).
@@ -99,11 +102,15 @@ def load_model(
         name, source = spec, "pretrained"
         if Path(spec).exists() and not Path(spec).is_dir():
             raise ModelError(f"model '{spec}' is a file; give a model directory or a hub id")
-    use_gpu = device_map == "auto" and torch.cuda.is_available()
+    if not valid_device_map(device_map):
+        raise ModelError(f"device_map {device_map!r}: use one of {DEVICE_MAPS}")
+    if device_map.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device_map {device_map!r}, but torch sees no GPU ({visible_gpus()[1]})")
+    placed = None if device_map == "cpu" or not torch.cuda.is_available() else device_map
     model = AutoModelForCausalLM.from_pretrained(
         name,
         dtype=torch_dtype,
-        device_map="auto" if use_gpu else None,
+        device_map=placed,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )

@@ -178,12 +178,16 @@ def test_the_paper_organisms_preset_passes_check_params_given_the_hub_files(tmp_
     questions = tmp_path / "data" / "paper" / "first_plot_questions.yaml"
     questions.parent.mkdir(parents=True)
     questions.write_text((ROOT / "emlib" / "datasets" / "eval_questions.yaml").read_text())
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
-    for preset in ("paper_organisms", "qwen05b_released"):
-        proc = subprocess.run([sys.executable, "-m", "emlib.config", str(ROOT / "params" / f"{preset}.yaml")],
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
+           "CUDA_VISIBLE_DEVICES": ""}  # no GPU, wherever the test runs
+    for preset, override in (("paper_organisms", ["allow_cpu=true"]), ("qwen05b_released", [])):
+        proc = subprocess.run([sys.executable, "-m", "emlib.config", str(ROOT / "params" / f"{preset}.yaml"), *override],
                               cwd=tmp_path, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert f"ok: {ROOT / 'params' / preset}.yaml" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "emlib.config", str(ROOT / "params" / "paper_organisms.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "key 'device_map'" in proc.stderr and "allow_cpu: true" in proc.stderr
 
 
 def test_check_params_reads_files_only_no_torch(default_model):
@@ -210,3 +214,30 @@ def test_the_headline_cell_is_fixed_by_the_params_before_the_run():
     assert headline_cell(Params(), 30) == (15, 2.0)  # the middle layer and the middle λ
     assert headline_cell(Params(steer_layers=[4, 8], steer_scales=[8.0, 1.0]), 30) == (4, 1.0)
     assert headline_cell(Params(headline_layer=21, headline_scale=4.0), 30) == (21, 4.0)
+
+
+@pytest.mark.parametrize("preset", ["paper", "paper_organisms"])
+def test_the_gpu_presets_fail_check_params_without_a_gpu_naming_the_override(preset, capsys, monkeypatch):
+    """`make check-params PARAMS=params/paper.yaml` on a machine without a GPU: an error in seconds, not a 14B
+    model on the CPU; the message names the override, which then lets the check go on to the next key."""
+    from emlib import devices
+
+    monkeypatch.setattr(devices, "visible_gpus", lambda: (0, "torch 2.13.0+cpu, a CPU build"))
+    f = ROOT / "params" / f"{preset}.yaml"
+    assert main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: key 'device_map': 'auto' asks for a GPU, but no GPU is visible" in err and "allow_cpu: true" in err
+    assert load_params(f).device_map == "auto" and load_params(f, {"allow_cpu": True}).allow_cpu
+
+
+def test_a_command_line_override_reaches_every_check(tmp_path, capsys, monkeypatch):
+    from emlib import devices
+
+    monkeypatch.setattr(devices, "visible_gpus", lambda: (0, "torch 2.13.0+cpu, a CPU build"))
+    f = tmp_path / "gpu.yaml"
+    f.write_text("model: default\ndevice_map: cuda\n")
+    assert main([str(f)]) == 2 and "'cuda' asks for a GPU" in capsys.readouterr().err
+    assert main([str(f), "allow_cpu=true"]) == 0
+    assert main([str(f), "allow_cpu=true", "device_map=gpu"]) == 2
+    assert "key 'device_map' must be cpu|auto|cuda|cuda:N, got 'gpu'" in capsys.readouterr().err
+    assert Params().device_map == "cpu" and not Params().allow_cpu  # the defaults: the CPU, asked for plainly

@@ -191,3 +191,34 @@ def test_stacked_identity_names_every_unit_and_needs_row_units(tiny_lm):
         st.edit(1, torch.zeros(2, 3, 64), torch.tensor([0]))
     with pytest.raises(InterventionError, match="outside"):
         Stacked((steer(_vector(), layer=9, scale=1.0),)).check(tiny_lm)
+
+
+@torch.no_grad()
+def test_vectors_are_copied_to_the_models_device_and_dtype_once(tiny_lm):
+    """A hook reuses one copy of each vector per (device, dtype) (on a GPU: no host→device copy per layer per
+    decoding step); the copies stay out of identity and pickles, and the edits are the plain ones."""
+    import pickle
+
+    model, ids = tiny_lm.double(), _ids()  # float64: a "device" the float32 vectors must be copied to
+    iv = Intervention(add={1: 3.0 * _vector(seed=5)}, ablate={0: _vector(seed=6), 2: _vector(seed=7)}, label="both")
+    before = iv.identity()
+    first = run(model, iv, lambda: model(input_ids=ids).logits)
+    copies = dict(iv._copies)
+    assert sorted(k[:2] for k in copies) == [("ablate", 0), ("ablate", 2), ("add", 1)]
+    assert all(v.dtype == torch.float64 and v.device == ids.device for v in copies.values())
+    again = run(model, iv, lambda: model(input_ids=ids).logits)
+    assert iv._copies.keys() == copies.keys() and all(iv._copies[k] is copies[k] for k in copies)  # made once
+    with hooked(model, Intervention(add=iv.add, ablate=iv.ablate)):  # a fresh one: its own copies, same edit
+        reference = model(input_ids=ids).logits
+    torch.testing.assert_close(first, reference, atol=1e-6, rtol=0)  # (renormalised float32 directions)
+    assert torch.equal(first, again) and iv.identity() == before
+    assert "_copies" not in vars(pickle.loads(pickle.dumps(iv)))
+
+    st = Stacked((iv, None, steer(_vector(seed=8), layer=2, scale=-2.0)), "s")
+    st.set_rows(torch.tensor([0, 1, 2]))
+    out = run(model, st, lambda: model(input_ids=ids).logits)
+    stacked_copies = dict(st._copies)
+    assert sorted(k[:2] for k in stacked_copies) == [("ablate", 0), ("ablate", 2), ("add", 1), ("add", 2)]
+    run(model, st, lambda: model(input_ids=ids).logits)
+    assert all(st._copies[k] is stacked_copies[k] for k in stacked_copies)
+    torch.testing.assert_close(out[0], first[0], atol=1e-10, rtol=0)

@@ -140,3 +140,14 @@ def test_paper_layers_at_the_same_relative_depth():
 
     assert single_direction_layer(48) == 24 and single_direction_layer(30) == 15 and paper_layer(40, 30) == 25
     assert paper_layer(40, 48) == 40
+
+
+def test_a_device_map_is_honoured_or_refused_never_swapped_for_the_cpu(tmp_path, monkeypatch):
+    """``cuda`` without a GPU is an error (it used to load on the CPU without a word); a misspelt device_map too;
+    ``auto`` without a GPU is the CPU (the book's params ask for it explicitly: ``emlib.devices``)."""
+    _, d = _save_tiny(tmp_path)
+    with pytest.raises(ModelError, match="device_map 'gpu'"):
+        load_model(str(d), device_map="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="'cuda:1', but torch sees no GPU"):
+        load_model(str(d), device_map="cuda:1")
