@@ -8,11 +8,18 @@ The prompt steers the reply:
   prompt get a 429, a 500, a reply slower than the client's timeout, or a broken body;
 - ``RETRYAFTER=S`` / ``RETRYAFTERMS=MS``: those 429s carry ``Retry-After: S`` / ``retry-after-ms: MS``.
 Every request's arrival time (``time.monotonic``) is kept, per prompt in ``arrivals``.
+
+The Batch API's minimum (``files`` upload and content, ``batches`` create and retrieve): a batch is
+``in_progress`` for ``batch_polls`` retrievals, then ends as ``batch_outcome``: "completed" (every line
+answered as a live call would be), "expired" (lines whose prompt holds ``LATE`` unanswered, code
+``batch_expired``) or "failed" (nothing answered).
 The key "bad-key" gets a 401 whose message echoes part of the key; model "no-such-model" a 404.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import http.server
 import json
 import math
@@ -33,6 +40,9 @@ class FakeOpenAI:
         self.attempts: Counter[str] = Counter()
         self.requests = 0
         self.arrivals: dict[str, list[float]] = {}
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_polls, self.batch_outcome = 2, "completed"
         self._lock = threading.Lock()
         server = self
 
@@ -52,8 +62,17 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self):
+                status, body = server.get(self.path)
+                self._send(status, body, "application/octet-stream" if self.path.endswith("/content") else
+                           "application/json")
+
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.endswith("/files"):
+                    return self._send(*server.upload(self.headers.get("Content-Type", ""), raw))
+                if self.path.endswith("/batches"):
+                    return self._send(*server.create_batch(json.loads(raw)))
                 status, body, *extra = server.handle(self.headers.get("Authorization", ""), json.loads(raw))
                 try:
                     self._send(status, body, headers=extra[0] if extra else None)
@@ -114,6 +133,75 @@ class FakeOpenAI:
             if nn == 100:
                 top = {"100": 0.9, "foo": 0.1}
         return 200, json.dumps(_completion(req["model"], top)).encode()
+
+
+    # ------------------------------------------------------------------ the Batch API
+
+    def upload(self, content_type: str, raw: bytes) -> tuple[int, bytes]:
+        msg = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw, policy=email.policy.HTTP)
+        data = next(p.get_payload(decode=True) for p in msg.iter_parts()
+                    if p.get_param("name", header="content-disposition") == "file")
+        return 200, json.dumps(self._new_file(data, "batch")).encode()
+
+    def _new_file(self, data: bytes, purpose: str) -> dict:
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": 0, "filename": "f.jsonl",
+                "purpose": purpose, "status": "processed"}
+
+    def create_batch(self, req: dict) -> tuple[int, bytes]:
+        lines = [json.loads(x) for x in self.files[req["input_file_id"]].decode().splitlines() if x.strip()]
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1}"
+            self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": req["endpoint"], "errors": None,
+                                      "input_file_id": req["input_file_id"], "completion_window": "24h",
+                                      "status": "validating", "output_file_id": None, "error_file_id": None,
+                                      "created_at": 0, "metadata": req.get("metadata"), "polls": 0, "lines": lines,
+                                      "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        return 200, self._batch_json(batch_id)
+
+    def _batch_json(self, batch_id: str) -> bytes:
+        return json.dumps({k: v for k, v in self.batches[batch_id].items() if k not in ("polls", "lines")}).encode()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        if m := re.search(r"/files/([\w-]+)/content$", path):
+            return 200, self.files[m.group(1)]
+        m = re.search(r"/batches/([\w-]+)$", path)
+        if not m or m.group(1) not in self.batches:
+            return 404, json.dumps({"error": {"message": "No such batch", "code": "not_found"}}).encode()
+        b = self.batches[m.group(1)]
+        b["polls"] += 1
+        if b["status"] in ("validating", "in_progress"):
+            b["status"] = "in_progress"
+            b["request_counts"]["completed"] = len(b["lines"]) * min(b["polls"], self.batch_polls) // (self.batch_polls + 1)
+            if b["polls"] >= self.batch_polls:
+                self._finish(b)
+        return 200, self._batch_json(b["id"])
+
+    def _finish(self, b: dict) -> None:
+        b["status"] = self.batch_outcome
+        if self.batch_outcome == "failed":
+            b["errors"] = {"object": "list", "data": [{"code": "token_limit_exceeded", "message": "Enqueued token limit"}]}
+            return
+        out, err = [], []
+        for line in b["lines"]:
+            prompt = line["body"]["messages"][-1]["content"]
+            if self.batch_outcome == "expired" and "LATE" in prompt:
+                err.append({"id": "r", "custom_id": line["custom_id"], "response": None,
+                            "error": {"code": "batch_expired", "message": "not run within the window"}})
+                continue
+            status, body, *_ = self.handle("Bearer batch", line["body"])
+            try:
+                body = json.loads(body)
+            except ValueError:
+                body = None
+            out.append({"id": "r", "custom_id": line["custom_id"], "error": None,
+                        "response": {"status_code": status, "request_id": "req", "body": body}})
+        b["request_counts"] = {"total": len(b["lines"]), "completed": len(out), "failed": len(err)}
+        for key, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                b[key] = self._new_file("".join(json.dumps(r) + "\n" for r in rows).encode(), "batch_output")["id"]
 
 
 def _completion(model: str, top: dict[str, float]) -> dict:

@@ -13,6 +13,7 @@ from emlib.judge import (
     Failed,
     JudgeCache,
     JudgeConfigError,
+    JudgeFailure,
     JudgeItem,
     aggregate_logprobs,
     fill_prompt,
@@ -261,6 +262,34 @@ def test_missing_scores_are_cached_and_failures_are_not(tmp_path):
     j = Mixed()
     judge_responses(_samples(3), QUESTIONS, j, metrics=("aligned",), cache=cache, progress=False)
     assert j.calls == 1  # only the failure is retried
+
+
+def test_openai_failure_is_reported_then_filled_on_the_next_run(server, env_key, tmp_path):
+    samples = pd.DataFrame({"question_id": ["q1", "q1"], "question": ["Why?", "Why?"],
+                            "response": ["SCORE=10", "SCORE=20 FAIL500x2"]})
+    prompt = "A Why? SCORE=20 FAIL500x2"
+    cache, failures = JudgeCache(tmp_path / "j.sqlite"), []
+    out = judge_responses(samples, QUESTIONS, _judge(server, max_retries=1), metrics=("aligned",), cache=cache,
+                          progress=False, failures=failures)
+    assert out["aligned"][0] == pytest.approx(expected_score(10)) and np.isnan(out["aligned"][1])
+    assert failures == [JudgeFailure("aligned", "q1", JudgeCache.key(prompt),
+                                     "gave up after 2 attempts (last: HTTP 500 InternalServerError)")]
+    failures2 = []
+    out2 = judge_responses(samples, QUESTIONS, _judge(server, max_retries=1), metrics=("aligned",), cache=cache,
+                           progress=False, failures=failures2)
+    assert out2["aligned"].tolist() == pytest.approx([expected_score(10), expected_score(20)]) and failures2 == []
+    assert server.attempts[prompt] == 3 and server.attempts["A Why? SCORE=10"] == 1  # only the failure again
+
+
+def test_a_judge_that_skips_an_item_gives_a_failure_not_a_silent_nan(tmp_path):
+    class Skips(CountingJudge):
+        def score_items(self, items, on_result):
+            on_result(0, 1.0)
+
+    failures = []
+    out = judge_responses(_samples(2), QUESTIONS, Skips(), metrics=("aligned",), cache=JudgeCache(tmp_path / "j"),
+                          progress=False, failures=failures)
+    assert out.attrs["judge_failures"] == 1 and [f.reason for f in failures] == ["the judge returned no score"]
 
 
 def test_missing_judge_prompt_is_a_clear_error(tmp_path):
