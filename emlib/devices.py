@@ -57,7 +57,7 @@ def check_device(device_map: str, allow_cpu: bool, source: str) -> None:
     if count > index:
         return
     seen = "no GPU is visible" if count == 0 else f"only {count} GPU{'s' * (count > 1)} visible (cuda:0..cuda:{count - 1})"
-    hint = " Install torch's CUDA build: make install-gpu (README, 'GPUs')." if "CPU build" in build else ""
+    hint = " Install torch's CUDA build: make install-gpu." if "CPU build" in build else ""
     raise DeviceError(
         f"{source}: key 'device_map': {device_map!r} asks for a GPU, but {seen} ({build}).{hint} To run on the CPU "
         f"on purpose (a large model is slow there), set the override {OVERRIDE} in the params file, or pass it: "
