@@ -127,3 +127,12 @@ chapter.length_summary(scored)
 
 # %%
 plotting.response_lengths(scored, ch.p.max_new_tokens, title=f"Response length — {ch.info.spec}");
+
+# %% [markdown]
+# ## Judge failures
+#
+# Scores this chapter asked the judge for and could not get after its retries, with the reason: their answers'
+# scores are blank in the tables above, and they are not cached, so the next run asks for them again.
+
+# %%
+display.judge_failures(ch)

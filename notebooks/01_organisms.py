@@ -126,3 +126,12 @@ plotting.judged_measures(metrics.rates(scored, by=["model", "question_id"]), tit
 
 # %%
 display.show_examples(metrics.most_misaligned(scored, model=ch.p.direction_organism, n=6), per_question=2)
+
+# %% [markdown]
+# ## Judge failures
+#
+# Scores this chapter asked the judge for and could not get after its retries, with the reason: their answers'
+# scores are blank in the tables above, and they are not cached, so the next run asks for them again.
+
+# %%
+display.judge_failures(ch)

@@ -259,3 +259,12 @@ metrics.format_rates(sweep_rates)
 # %%
 head_answers = runs[(runs["arm"] == "headline") & (runs["kind"] == "direction")]
 display.show_examples(metrics.most_misaligned(head_answers, model="chat model", n=6), per_question=2)
+
+# %% [markdown]
+# ## Judge failures
+#
+# Scores this chapter asked the judge for and could not get after its retries, with the reason: their answers'
+# scores are blank in the tables above, and they are not cached, so the next run asks for them again.
+
+# %%
+display.judge_failures(ch)

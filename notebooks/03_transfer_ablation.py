@@ -109,3 +109,12 @@ quoted = scored[scored["arm"] != "unit"]
 by_run = metrics.rates(quoted.assign(run=quoted["model"] + " · " + quoted["ablation"]), by="run",
                        judge_error=ch.judge_error)
 metrics.format_rates(by_run)
+
+# %% [markdown]
+# ## Judge failures
+#
+# Scores this chapter asked the judge for and could not get after its retries, with the reason: their answers'
+# scores are blank in the tables above, and they are not cached, so the next run asks for them again.
+
+# %%
+display.judge_failures(ch)

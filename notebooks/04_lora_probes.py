@@ -146,3 +146,12 @@ display.note(chapter.downstream_note(downstream))
 # random steering vectors of the same norm at the same layer: a random push also moves the
 # later activations, so only a cosine above the band says the adapters move them the way
 # steering along the direction does, more than along any direction would.
+
+# %% [markdown]
+# ## Judge failures
+#
+# Scores this chapter asked the judge for and could not get after its retries, with the reason: their answers'
+# scores are blank in the tables above, and they are not cached, so the next run asks for them again.
+
+# %%
+display.judge_failures(ch)

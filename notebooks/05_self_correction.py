@@ -87,3 +87,12 @@ if len(found):
     display.show_examples(found, per_question=2)
 else:
     display.note("No steered answer at the headline cell was classified as self-correction.")
+
+# %% [markdown]
+# ## Judge failures
+#
+# Scores this chapter asked the judge for and could not get after its retries, with the reason: their answers'
+# scores are blank in the tables above, and they are not cached, so the next run asks for them again.
+
+# %%
+display.judge_failures(ch)

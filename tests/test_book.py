@@ -257,3 +257,39 @@ def test_organism_verdicts_count_the_judge(tmp_path):
         assert t.loc["EM at small scale (most misaligned organism)", "verdict"] == status
         if error is not None:
             assert "the offline proxy judge (m)" in row["why"] and "answers per arm" in row["why"]
+
+
+def test_judge_failures_are_shown_by_count_and_reason():
+    from emlib.judge import JudgeFailure
+
+    assert display.judge_failures_text([]).startswith("**Judge failures:** none.")
+    rate = "gave up after 7 attempts (last: HTTP 429 RateLimitError)"
+    failures = [JudgeFailure("aligned", "q1", "k1", rate), JudgeFailure("aligned", "q1", "k1", rate),  # judged twice
+                JudgeFailure("coherent", "q2", "k2", rate), JudgeFailure("aligned", "q2", "k3", "batch expired: no result")]
+    text = display.judge_failures_text(failures)
+    assert text.startswith("**Judge failures: 3** scores could not be obtained (2 aligned, 1 coherent; on 2 questions)")
+    assert text.endswith(f"Reasons: `{rate}` × 2; `batch expired: no result` × 1.")
+    assert display.judge_failures(SimpleNamespace(judge_failures=failures)).data == text
+
+
+def test_judging_records_the_chapters_failures(tmp_path):
+    from emlib.data import Question
+    from emlib.judge import Failed
+
+    class Flaky:
+        backend, model, metrics = "fake", "flaky", None
+
+        def check(self):
+            pass
+
+        def score_items(self, items, on_result):
+            for i, it in enumerate(items):
+                on_result(i, Failed("HTTP 503") if "bad" in it.answer else 50.0)
+
+    q = Question("q1", ("Why?",), judge_prompts={m: f"{m} {{answer}}" for m in ("aligned", "coherent", "bad_stuff")})
+    ch = session.Chapter(Params(cache_dir=str(tmp_path)), "p.yaml", Flaky(), [q], None)
+    table = pd.DataFrame({"question_id": ["q1", "q1"], "question": ["Why?"] * 2, "response": ["fine", "bad"]})
+    out = session.judge_table(ch, table, scorer=ch.scorer)
+    assert out["aligned"].isna().tolist() == [False, True]
+    assert sorted(f.metric for f in ch.judge_failures) == ["aligned", "bad_stuff", "coherent"]
+    assert display.judge_failures_text(ch.judge_failures).startswith("**Judge failures: 3**")

@@ -1,11 +1,12 @@
 """What every chapter shows besides its own tables: provenance, the params, the judge, example answers.
 
-Chapters 0–5 call ``provenance`` and ``show_examples``; chapters 0 and 1 ``judge_note``.
+Chapters 0–5 call ``provenance``, ``show_examples`` and, last, ``judge_failures``; chapters 0 and 1 ``judge_note``.
 """
 
 from __future__ import annotations
 
 import html
+from collections import Counter
 import platform
 from typing import Any
 
@@ -16,6 +17,7 @@ import emlib
 from emlib.book.session import Chapter, FineTune
 from emlib.config import JUDGE_METRICS
 from emlib.inference import Effect, Verdict
+from emlib.judge import JudgeFailure
 from emlib.models import LoadInfo, adapter_sha256
 
 
@@ -119,6 +121,31 @@ def judge_report(ch: Chapter) -> Any:
         f"{ch.judge_error.sensitivity + ch.judge_error.specificity - 1:.2f}, which every EM verdict counts. "
         "Misaligned % and mean aligned, which the judge ranks well, carry the book's comparisons. "
         f"{html.escape(residual_view_text(ch)).replace('*hidden*', '<i>hidden</i>')}</p>")
+
+
+def judge_failures(ch: Chapter) -> Any:
+    """The chapter's judge failures (``Chapter.judge_failures``), as one Markdown note: "none", or how many
+    scores could not be obtained and why. Chapters 0–5, last cell."""
+    from IPython.display import Markdown
+
+    return Markdown(judge_failures_text(ch.judge_failures))
+
+
+def judge_failures_text(failures: list[JudgeFailure]) -> str:
+    """"none", or the count of distinct failed scores (metric, prompt) by metric and by reason, and what becomes
+    of them (NaN in the tables, not cached, asked again by the next run)."""
+    unique = list({(f.metric, f.prompt_sha): f for f in failures}.values())
+    if not unique:
+        return ("**Judge failures:** none. Every score this chapter asked the judge for was obtained (a blank "
+                "score elsewhere is the judge's own answer: a refusal or no number).")
+    by_metric = Counter(f.metric for f in unique)
+    by_reason = Counter(f.reason for f in unique)
+    metrics = ", ".join(f"{n} {m}" for m, n in by_metric.most_common())
+    reasons = "; ".join(f"`{r}` × {n}" for r, n in by_reason.most_common())
+    n_q = len({f.question_id for f in unique})
+    return (f"**Judge failures: {len(unique)}** scores could not be obtained ({metrics}; on {n_q} question"
+            f"{'s' if n_q != 1 else ''}). Those answers' scores are blank (NaN) in this chapter's tables and counts, "
+            f"and are not cached: the next run asks the judge for them again. Reasons: {reasons}.")
 
 
 def show_examples(samples: pd.DataFrame, per_question: int = 1, max_chars: int = 600) -> Any:

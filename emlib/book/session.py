@@ -31,7 +31,7 @@ from emlib.config import Params, validate
 from emlib.data import Question, load_questions
 from emlib.generate import SamplingConfig
 from emlib.interventions import Intervention, Stacked
-from emlib.judge import Judge, JudgeCache, judge_responses
+from emlib.judge import Judge, JudgeCache, JudgeFailure, judge_responses
 from emlib.judge_check import em_error
 from emlib.llm_judges import LocalJudge, OpenAIJudge
 from emlib.metrics import JudgeError
@@ -70,7 +70,9 @@ class FineTune:
 class Chapter:
     """What every chapter starts from: checked params, the judge, the questions and the base model's
     description (from its config: no weights loaded). ``ready`` gives every organism as a ``FineTune``
-    (training any that chapter 1 has not cached, fetching any brought one); ``load`` gives a model."""
+    (training any that chapter 1 has not cached, fetching any brought one); ``load`` gives a model.
+    ``judge_failures``: every score this chapter's judging could not obtain (``emlib.book.display.judge_failures``
+    shows them at the chapter's end; the next run asks for them again)."""
 
     p: Params
     params_file: str
@@ -79,6 +81,7 @@ class Chapter:
     info: LoadInfo
     _loaded: dict[tuple[str, str | None, bool], tuple[nn.Module, PreTrainedTokenizerBase, LoadInfo]] = field(
         default_factory=dict, repr=False, compare=False)
+    judge_failures: list[JudgeFailure] = field(default_factory=list, repr=False, compare=False)
 
     @cached_property
     def organisms(self) -> list[Organism]:
@@ -198,13 +201,18 @@ def judge_table(ch: Chapter, table: pd.DataFrame, questions: list[Question] | No
     scorer.check()
     samples = table.drop(columns=[m for m in ch.p.judge_metrics if m in table.columns])
     questions = questions if questions is not None else ch.questions
-    return judge_responses(samples, questions, scorer, metrics=ch.p.judge_metrics, cache=judge_cache(ch.p))
+    return judge_responses(samples, questions, scorer, metrics=ch.p.judge_metrics, cache=judge_cache(ch.p),
+                           failures=ch.judge_failures)
 
 
 def judge_from_params(p: Params) -> Judge:
-    """The judge ``p.judge`` names: offline (default), openai (key from the environment) or local."""
+    """The judge ``p.judge`` names: offline (default), openai (key from the environment; paced by ``judge_rpm`` /
+    ``judge_tpm``, or through the Batch API with ``judge_batch``, its in-flight batches recorded under the cache)
+    or local."""
     if p.judge == "openai":
-        return OpenAIJudge(p.judge_model, base_url=p.judge_base_url, concurrency=p.judge_concurrency)
+        return OpenAIJudge(p.judge_model, base_url=p.judge_base_url, concurrency=p.judge_concurrency,
+                           rpm=p.judge_rpm, tpm=p.judge_tpm, batch=p.judge_batch,
+                           batch_dir=Path(p.cache_dir) / "judge_batches")
     if p.judge == "local":
         model, tok, _ = load_model(p.judge_model, dtype=p.dtype, device_map=p.device_map, cache_dir=p.cache_dir,
                                    trust_remote_code=p.trust_remote_code, merge=True)
@@ -268,7 +276,8 @@ def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft
     table with a leading ``model`` column set to ``label`` (default: ``ft``'s name). Chapters 0–5."""
     p, questions, ft = ch.p, questions if questions is not None else ch.questions, ft or ch.chat
     samples = sample(ch, questions, ft=ft, sampling=sampling, intervention=intervention)
-    scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p))
+    scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p),
+                             failures=ch.judge_failures)
     scored.insert(0, "model", label or ft.name)
     return scored
 
