@@ -274,11 +274,18 @@ def sample_and_judge(ch: Chapter, questions: list[Question] | None = None, *, ft
     ``ch.ready``), optionally with an ``intervention``, and judge them; the model is loaded only if the
     samples are not cached. ``sampling`` defaults to the params' evaluation setting. Returns the judged
     table with a leading ``model`` column set to ``label`` (default: ``ft``'s name). Chapters 0–5."""
-    p, questions, ft = ch.p, questions if questions is not None else ch.questions, ft or ch.chat
+    questions, ft = questions if questions is not None else ch.questions, ft or ch.chat
     samples = sample(ch, questions, ft=ft, sampling=sampling, intervention=intervention)
-    scored = judge_responses(samples, questions, ch.scorer, metrics=p.judge_metrics, cache=judge_cache(p),
+    return judge_sampled(ch, samples, questions, label=label or ft.name)
+
+
+def judge_sampled(ch: Chapter, samples: pd.DataFrame, questions: list[Question], *, label: str) -> pd.DataFrame:
+    """``samples`` (a sampled table) judged by ``ch.scorer`` on the params' metrics through the judge cache, its
+    failures recorded in ``ch.judge_failures``, with a leading ``model`` column ``label``: the judging half of
+    ``sample_and_judge`` (``emlib.book.overlap`` runs it in the background while the next run samples)."""
+    scored = judge_responses(samples, questions, ch.scorer, metrics=ch.p.judge_metrics, cache=judge_cache(ch.p),
                              failures=ch.judge_failures)
-    scored.insert(0, "model", label or ft.name)
+    scored.insert(0, "model", label)
     return scored
 
 
