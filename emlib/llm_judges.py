@@ -176,8 +176,9 @@ class OpenAIJudge:
         if self.batch:
             from emlib.judge_batch import score_batch
 
-            score_batch(self._client(sync=True), self.model_name, [it.prompt for it in items], on_result,
-                        state_dir=self.batch_dir, poll_s=self.batch_poll_s)
+            with self._client(sync=True) as client:
+                score_batch(client, self.model_name, [it.prompt for it in items], on_result,
+                            state_dir=self.batch_dir, poll_s=self.batch_poll_s)
             return
         _run_coroutine(lambda: self._score_all([it.prompt for it in items], on_result))
 
