@@ -78,11 +78,12 @@ class Sizes:
     greedy_tokens: int = 48
     profile_tokens: int = 32  # new tokens of the short run a busy fraction is measured on
     nnsight_tokens: int = 64  # new tokens of the eager (nnsight) ablated run
+    mean_answer: int = 250  # "answers ending" runs: ids 0..vocab/mean_answer end an answer (about 1 in mean_answer)
 
 
 TINY_SIZES = Sizes(prompt_tokens=12, new_tokens=16, batch=8, questions=2, paper_questions=2, paper_samples=4,
                    train_steps=2, train_seq=32, train_batch=2, act_batches=1, act_batch=4, greedy_prompts=4,
-                   greedy_tokens=8, profile_tokens=4, nnsight_tokens=4)
+                   greedy_tokens=8, profile_tokens=4, nnsight_tokens=4, mean_answer=8)
 
 
 def kv_bytes_per_token(cfg: Qwen2Config, bytes_per_value: int = 2) -> int:
@@ -147,8 +148,7 @@ class Recorder:
     @contextmanager
     def stage(self, name: str, **fields: Any) -> Iterator[dict[str, Any]]:
         row: dict[str, Any] = {"stage": name, **fields}
-        cuda = self.device.type == "cuda"
-        if cuda:
+        if cuda := self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -240,7 +240,8 @@ def sampling(rec: Recorder, model, name: str, sz: Sizes, *, sampler: str, cfg, w
             row["busy"] = busy_fraction(lambda: call(sz.profile_tokens))
 
 
-def paper_way(rec: Recorder, model, sz: Sizes, cfg, weight_params: int, eos: Sequence[int] = EOS) -> None:
+def paper_way(rec: Recorder, model, sz: Sizes, cfg, weight_params: int, eos: Sequence[int] = EOS,
+              name: str = "paper way: model.generate") -> None:
     """``model.generate`` per question with all its samples: sampling at temperature 1, top-p 1, 600 tokens."""
     prompts = random_prompts(sz.paper_questions, sz.prompt_tokens, cfg.vocab_size, seed=3)
 
@@ -257,8 +258,7 @@ def paper_way(rec: Recorder, model, sz: Sizes, cfg, weight_params: int, eos: Seq
             bound += decode_bound(cfg, weight_params, sz.paper_samples, len(p), live)
         return tokens, bound
 
-    with rec.stage("paper way: model.generate", rows=f"{sz.paper_questions}x{sz.paper_samples}",
-                   new_tokens=sz.new_tokens) as row:
+    with rec.stage(name, rows=f"{sz.paper_questions}x{sz.paper_samples}", new_tokens=sz.new_tokens) as row:
         t0 = time.perf_counter()
         row["tokens"], row["bound_s"] = generate(sz.new_tokens)
         row["wall_s"] = time.perf_counter() - t0  # the profiled run below is not timed
@@ -285,8 +285,8 @@ def greedy_check(rec: Recorder, model, sz: Sizes, cfg) -> None:
         if fast == "graph":
             row["graph_vs_static"] = agree(got, graph_sampler.sample_static(model, prompts, sampler="static", **kw))
         row["eager_batch_vs_alone"] = agree(eager, [sample_batch(model, [p], **kw)[0] for p in prompts])
-        row["note"] = "; ".join(f"{k}: {v['rows_equal']:.0%} rows equal, first difference at {v['mean_first_difference']:.1f}"
-                                for k, v in row.items() if isinstance(v, dict))
+        row["note"] = "; ".join(f"{k}: {v['rows_equal']:.0%} rows equal, first difference at "
+                                f"{v['mean_first_difference']:.1f}" for k, v in row.items() if isinstance(v, dict))
     graph_sampler.release(model)
 
 
@@ -342,9 +342,8 @@ def main(argv: list[str] | None = None) -> int:
 
     peft = train_steps(rec, model, "r1x9", sz, n_layers, cfg.vocab_size)  # stages below skip what a failure lost
     act_ids = torch.randint(0, cfg.vocab_size, (sz.act_batch, sz.prompt_tokens + sz.new_tokens))
-    answer = torch.zeros_like(act_ids, dtype=torch.bool)
-    answer[:, sz.prompt_tokens:] = True
-    act_batch = Batch(act_ids, torch.ones_like(act_ids), answer)
+    answers = torch.arange(act_ids.shape[1]).expand_as(act_ids) >= sz.prompt_tokens  # the 600 tokens after the prompt
+    act_batch = Batch(act_ids, torch.ones_like(act_ids), answers)
     with rec.stage("LoRA scalars (r1x9)", rows=sz.act_batch, tokens=act_ids.numel()) as row:
         row["adapters"] = lora_scalars(peft, act_batch, rank1_adapters(peft)).shape[-1]
     model = peft.unload() if peft is not None else model
@@ -364,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ablation = ablate({ly: direction for ly in range(n_layers)}, label="single direction, every layer")
     fast = "graph" if device.type == "cuda" else "static"  # the graph sampler is CUDA only: never implied on a CPU
     stacked, units = Stacked((steering, ablation), "two units"), [i % 2 for i in range(len(prompts))]
-    for name, sampler, iv, profile in (("emlib eager", "eager", None, True), (f"emlib {fast} (cold)", fast, None, False),
-                                       (f"emlib {fast}", fast, None, True),
+    for name, sampler, iv, profile in (("emlib eager", "eager", None, True),
+                                       (f"emlib {fast} (cold)", fast, None, False), (f"emlib {fast}", fast, None, True),
                                        (f"emlib {fast} steered L{layer}", fast, steering, True),
                                        (f"emlib {fast} ablated x{n_layers}", fast, ablation, True),
                                        (f"emlib {fast} stacked (2 units)", fast, stacked, False)):
@@ -375,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     sampling(rec, model, f"emlib eager ablated x{n_layers} (nnsight)", sz, sampler="eager", max_new=sz.nnsight_tokens,
              iv=ablation, cfg=cfg, weight_params=weight_params, prompts=prompts, eos=eos)
     paper_way(rec, model, sz, cfg, weight_params, eos)
+    # Random weights never end an answer; here ~1 token in mean_answer does, as real answers end at varied lengths
+    ending = tuple(range(cfg.vocab_size // sz.mean_answer)) + tuple(eos)
+    sampling(rec, model, f"emlib {fast}, answers ending", sz, sampler=fast, max_new=sz.new_tokens, cfg=cfg,
+             weight_params=weight_params, prompts=prompts, eos=ending)
+    graph_sampler.release(model)
+    paper_way(rec, model, sz, cfg, weight_params, ending, name="paper way, answers ending")
 
     by = {r["stage"]: r for r in rec.stages}
     rate = lambda name: by.get(name, {}).get("tokens_per_s")  # noqa: E731
@@ -390,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         row["note"] = "; ".join(f"{k}: {v:.1f}" for k, v in row.items() if k.startswith("device_hours"))
     if rates[fast] and rates["paper"]:
         info[f"{fast}_over_paper_way"] = rates[fast] / rates["paper"]
+    if rate(f"emlib {fast}, answers ending") and rate("paper way, answers ending"):
+        info[f"{fast}_over_paper_way_answers_ending"] = rate(f"emlib {fast}, answers ending") / rate(
+            "paper way, answers ending")
     result = {"info": info, "rates_tokens_per_s": rates, "stages": rec.stages}
     Path(a.out).write_text(json.dumps(result, indent=1, default=str))
     print(table(rec.stages), f"\nrates (tokens/s): {json.dumps(rates)}\nwritten to {a.out}", sep="\n")

@@ -1,33 +1,31 @@
 """Sampling with a static KV cache; on a GPU, every decoding step replayed from a CUDA graph.
 
-The same contract as ``emlib.generate.sample_batch``; ``SamplingConfig.sampler`` chooses the sampler:
-
-- ``"eager"``: ``generate.sample_batch`` (a DynamicCache; finished rows dropped at once; interventions by nnsight);
-- ``"static"``: this module's loop, run op by op, on any device (the CPU tests compare it with ``"eager"``);
-- ``"graph"``: the same loop with each decoding step replayed from a CUDA graph. CUDA only: elsewhere, and when a
-  capture fails, it raises ``SamplerError`` (it never falls back to another sampler).
+``generate.sample_batch``'s contract; ``SamplingConfig.sampler`` chooses: ``"eager"`` (``generate.sample_batch``:
+a DynamicCache, finished rows dropped at once, interventions by nnsight), ``"static"`` (this module's loop, op by
+op, any device) or ``"graph"`` (the same loop, each step replayed from a CUDA graph: CUDA only; elsewhere, or when a
+capture fails, ``SamplerError``, never a fallback to another sampler).
 
 Each distinct prompt is prefilled once, as the eager sampler does, and its keys and values copied into buffers
 preallocated per layer, [B, kv_heads, L, head_dim] (transformers' ``StaticCache`` layers bound to views of them).
-A decoding step runs at a *bucket* of rows (powers of two below B, and B): rows that finish stay in place (their
-outputs unread) until the live rows fit the next smaller bucket, then move to the front, in order. Attention reads a
-*window* of the buffers (the first multiple of ``window`` slots that covers the current position), not all L slots.
-One graph per (intervention layout, bucket, window), captured on first use and kept with the buffers on the model
-(``release`` frees them), all in one memory pool.
+A step runs at a *bucket* of rows (powers of two below B, and B): finished rows stay in place (their outputs
+unread) until the live rows fit the next smaller bucket, then move to the front, in order. Attention reads a
+*window* of the buffers (the first multiple of ``window`` slots covering the position), not all L slots. One graph
+per (intervention layout, adapter state, bucket, window), captured on first use and kept with the buffers on the
+model (``release`` frees them), in one memory pool. An ``Intervention`` or ``Stacked`` is copied once per batch
+into device-resident buffers in the model's dtype, applied by forward hooks doing only tensor ops on them (the
+formulas of ``Intervention.edit`` and ``Stacked.edit``), so the captured step holds it; a ``Stacked`` one keeps a
+vector per row, moved with its row.
 
-An intervention (``Intervention`` or ``Stacked``) is copied once per batch into device-resident buffers in the
-model's dtype and applied by forward hooks on the decoder blocks that do only tensor ops on them (the formulas of
-``Intervention.edit`` and ``Stacked.edit``), so the captured step holds it; a ``Stacked`` one keeps a vector per
-row, moved with its row.
-
-Greedy decoding gives the eager sampler's tokens (tested on tiny models on the CPU). Sampling draws the same random
-numbers row for row, but a row's logits may differ in the last bits with the batch's shape, so sampled answers are
-not guaranteed identical: the sampler is part of the samples' cache key (``generate.sample_key``).
+Greedy tokens equal the eager sampler's on tiny float32 models on the CPU (the tests), and in bfloat16 where
+attention reads exactly the slots written (``window=1``): a wider window or another batch shape makes kernels
+reduce in another order, which can change a row's logits in the last bits and so flip a near tie. Sampling draws
+the same random numbers row for row, so sampled answers usually agree but are not promised to: the sampler is part
+of the samples' cache key (``generate.sample_key``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -65,7 +63,7 @@ def buckets(max_batch: int) -> list[int]:
 
 
 def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
+    return -(-n // step) * step  # the first multiple of step >= n
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,8 @@ class _Decoder:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.dtype = lm.get_input_embeddings().weight.dtype
         self.devices = [next(block.parameters()).device for block in decoder_layers(lm)]
-        self.keys = [torch.zeros((max_batch, heads, max_len, head_dim), dtype=self.dtype, device=d) for d in self.devices]
+        self.keys = [torch.zeros((max_batch, heads, max_len, head_dim), dtype=self.dtype, device=d)
+                     for d in self.devices]
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.lengths = [torch.zeros((), dtype=torch.long, device=d) for d in self.devices]  # StaticLayer's write slot
         device = lm.get_input_embeddings().weight.device
@@ -159,12 +158,8 @@ class _Decoder:
         self.mask = torch.zeros((max_batch, 1, 1, max_len), dtype=torch.bool, device=device)
         self.caches: dict[tuple[int, int], StaticCache] = {}
         self.edits: dict[Layout, _Edits] = {}
-        self.graphs: dict[tuple[Layout, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[Hashable, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool: Any = None
-
-    def fits(self, rows: int, length: int, window: int, lm: nn.Module) -> bool:
-        return (rows <= self.max_batch and length <= self.max_len and window == self.window
-                and self.dtype == lm.get_input_embeddings().weight.dtype)
 
     def edits_for(self, layout: Layout) -> _Edits:
         if layout not in self.edits:
@@ -208,9 +203,10 @@ class _Decoder:
             buf[:n, :, :written] = buf[keep.to(buf.device), :, :written]
         self.mask[:n], self.pos[:n], self.ids[:n] = self.mask[keep], self.pos[keep], self.ids[keep]
 
-    def step(self, lm: nn.Module, rows: int, window: int, layout: Layout, graph: bool) -> torch.Tensor:
+    def step(self, lm: nn.Module, rows: int, window: int, variant: Hashable, graph: bool) -> torch.Tensor:
         """One decoding step of rows ``0..rows`` (tokens ``ids``, positions ``pos``) attending to the first
-        ``window`` slots; returns next-token logits [rows, vocab]. Replayed from a CUDA graph if ``graph``."""
+        ``window`` slots; returns next-token logits [rows, vocab]. Replayed from a CUDA graph if ``graph``, one per
+        ``variant`` (what else the step's kernels depend on: the hooks' layout, the adapters' state)."""
         cache, mask = self.cache(rows, window), self.mask[:rows, :, :, :window]
 
         def forward() -> torch.Tensor:
@@ -223,7 +219,7 @@ class _Decoder:
 
         if not graph:
             return forward()
-        key = (layout, rows, window)
+        key = (variant, rows, window)
         if key not in self.graphs:
             self.graphs[key] = self._capture(forward)
         g, out = self.graphs[key]
@@ -252,10 +248,18 @@ class _Decoder:
         return g, out
 
 
+def _adapter_state(lm: nn.Module) -> tuple[Any, ...]:
+    """Each PEFT adapter layer's active, disabled and merged adapters: a step captured with adapters on must not
+    be replayed with them off (``disable_adapter``)."""
+    return tuple(sorted({(tuple(m.active_adapters), bool(m.disable_adapters), tuple(m.merged_adapters))
+                         for m in lm.modules() if hasattr(m, "merged_adapters")}))
+
+
 def _decoder(lm: nn.Module, rows: int, length: int, window: int) -> _Decoder:
     """The model's decoding state, rebuilt (the old one freed first) when it is too small or differs."""
     dec = lm.__dict__.get(_STATE)
-    if dec is None or not dec.fits(rows, length, window, lm):
+    if dec is None or not (rows <= dec.max_batch and length <= dec.max_len and window == dec.window
+                           and dec.dtype == lm.get_input_embeddings().weight.dtype):
         if dec is not None:
             rows, length = max(rows, dec.max_batch), max(length, dec.max_len)
         release(lm)
@@ -314,8 +318,7 @@ def sample_static(
     if stacked is not None and intervention is not None and stacked is not intervention:
         raise ValueError("pass the stacked intervention once (stacked or intervention)")
     iv = intervention if intervention is not None else stacked
-    if isinstance(iv, Intervention) and not iv.layers:
-        iv = None
+    iv = None if isinstance(iv, Intervention) and not iv.layers else iv
     if iv is not None:
         iv.check(model)
     per_row, n = isinstance(iv, Stacked), len(prompts)
@@ -327,13 +330,15 @@ def sample_static(
                            device=device)
     width = max(len(p) for _, p in unique)
     dec = _decoder(lm, n, width + max_new_tokens - 1, window)
-    layout = Layout.of(iv)
-    edits = dec.edits_for(layout)
+    if sampler == "graph" and len({*dec.devices, torch.device(device)}) > 1:
+        raise SamplerError("sampler 'graph' needs the whole model on one GPU; sampler 'static' runs across several")
+    edits = dec.edits_for(layout := Layout.of(iv))
     edits.load(iv)
     row_units = torch.tensor(unit_of, device=device)
     if per_row:
         edits.set_rows(torch.tensor([u for u, _ in unique], device=device))
-    hooks = [decoder_layers(lm)[ly].register_forward_hook(edits.hook(ly)) for ly in sorted({*layout.add, *layout.ablate})]
+    blocks = decoder_layers(lm)
+    hooks = [blocks[ly].register_forward_hook(edits.hook(ly)) for ly in sorted({*layout.add, *layout.ablate})]
     try:
         ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(unique), width), dtype=torch.long)
@@ -350,7 +355,8 @@ def sample_static(
             edits.set_rows(row_units)
         return _decode(lm, dec, logits, n=n, width=width, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, eos=torch.tensor(list(eos), device=device), generator=generator, on_step=on_step,
-                       layout=layout, edits=edits if per_row else None, row_units=row_units, graph=sampler == "graph")
+                       variant=(layout, _adapter_state(lm)), edits=edits if per_row else None, row_units=row_units,
+                       graph=sampler == "graph")
     finally:
         for h in hooks:
             h.remove()
@@ -358,7 +364,7 @@ def sample_static(
 
 def _decode(lm: nn.Module, dec: _Decoder, logits: torch.Tensor, *, n: int, width: int, max_new_tokens: int,
             temperature: float, top_p: float, eos: torch.Tensor, generator: torch.Generator,
-            on_step: Callable[[int], None] | None, layout: Layout, edits: _Edits | None, row_units: torch.Tensor,
+            on_step: Callable[[int], None] | None, variant: Hashable, edits: _Edits | None, row_units: torch.Tensor,
             graph: bool) -> list[tuple[list[int], str]]:
     """The decoding loop of ``sample_static`` from the prefill's next-token ``logits`` [n, vocab]."""
     sizes = buckets(dec.max_batch)
@@ -371,20 +377,21 @@ def _decode(lm: nn.Module, dec: _Decoder, logits: torch.Tensor, *, n: int, width
     for step in range(max_new_tokens):
         tok = generate.sample_next(logits if len(live) == len(logits) else logits[live_t], temperature, top_p,
                                    generator)
-        done = torch.isin(tok, eos)
-        for r, t, d in zip(live, tok.tolist(), done.tolist()):
+        toks, dones = torch.stack([tok, torch.isin(tok, eos).long()]).tolist()  # one wait for the device a step
+        for r, t, d in zip(live, toks, dones):
             if d:
                 finish[origin[r]] = "stop"
             else:
                 tokens[origin[r]].append(t)
-        n_done = int(done.sum())
+        n_done = sum(dones)
         if on_step is not None:
             on_step(n_done if step < max_new_tokens - 1 else len(live))
         if step == max_new_tokens - 1 or n_done == len(live):
             break
         if n_done:
-            kept = (~done).nonzero().squeeze(-1)
-            live, tok, live_t = [live[i] for i in kept.tolist()], tok[kept], live_t[kept]
+            kept = [i for i, d in enumerate(dones) if not d]
+            live, kept_t = [live[i] for i in kept], torch.tensor(kept, device=tok.device)
+            tok, live_t = tok[kept_t], live_t[kept_t]
             smaller = next(b for b in sizes if b >= len(live))
             if smaller < rows:  # the live rows fit a smaller bucket: move them to the front, in order
                 dec.compact(live_t, written=width + step)
@@ -394,5 +401,5 @@ def _decode(lm: nn.Module, dec: _Decoder, logits: torch.Tensor, *, n: int, width
                 live, live_t, rows = list(range(len(live))), torch.arange(len(live), device=live_t.device), smaller
         dec.ids[live_t, 0] = tok
         written = width + step + 1  # slots filled once this step has written its own
-        logits = dec.step(lm, rows, min(_round_up(written, dec.window), dec.max_len), layout, graph)
+        logits = dec.step(lm, rows, min(_round_up(written, dec.window), dec.max_len), variant, graph)
     return list(zip(tokens, finish))

@@ -148,3 +148,21 @@ def test_sample_responses_with_the_static_sampler(default_tokenizer, tmp_path, m
         monkeypatch.undo()
     assert "sampler" not in G.sample_key(qs, cfg, model_provenance={})["sampling"]  # eager keys are unchanged
     assert G.sample_key(qs, static_cfg, model_provenance={})["sampling"]["sampler"] == "static"
+
+
+def test_lora_organism_with_adapters_on_and_off_and_their_state_in_the_graph_key():
+    """A PEFT organism samples as the eager sampler does, adapters on and off; a graph captured with them on is
+    not replayed with them off (the adapter state is part of each graph's key)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    lora = LoraConfig(r=2, lora_alpha=8, target_modules=["down_proj", "q_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_model("qwen2"), lora).eval()
+    kw = dict(max_new_tokens=6, temperature=0, top_p=1.0, eos=[255], pad_id=0)
+    on = S._adapter_state(S.base_model(model))
+    assert _static(model, PROMPTS, **kw) == _eager(model, PROMPTS, **kw)
+    with model.disable_adapter():
+        assert S._adapter_state(S.base_model(model)) != on
+        off = _static(model, PROMPTS, **kw)
+        assert off == _eager(model, PROMPTS, **kw)
+    assert off != _static(model, PROMPTS, **kw)  # the adapters matter, so the check above can fail
