@@ -131,6 +131,8 @@ def busy_fraction(fn: Callable[[], Any]) -> float | None:
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    if not spans:  # the profiler recorded no kernel: unknown, not idle
+        return None
     busy, end = 0.0, float("-inf")
     for s, e in spans:  # union of the intervals, in microseconds
         if e > end:
