@@ -220,7 +220,7 @@ def sample_batch(
     logits = forward(input_ids=ids, attention_mask=mask, position_ids=positions)[inverse]
     if len(unique) < n:
         for cache in caches:
-            cache.batch_select_indices(inverse)
+            cache.batch_select_indices(inverse.cpu())  # CPU indices index a layer's cache on any device
     mask, next_pos, live_units = mask[inverse], positions[inverse, -1] + 1, live_units[inverse]
     rows = torch.arange(n, device=device)  # which original prompt each live row is
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -240,8 +240,8 @@ def sample_batch(
             break
         if n_done:  # drop finished rows from the batch and the cache
             keep = (~done).nonzero().squeeze(-1)
-            for cache in caches:
-                cache.batch_select_indices(keep)
+            for cache in caches:  # CPU indices: with device_map over GPUs each layer's cache is on its own device
+                cache.batch_select_indices(keep.cpu())
             rows, tok, mask, next_pos, live_units = rows[keep], tok[keep], mask[keep], next_pos[keep], live_units[keep]
         if stacked is not None:
             stacked.set_rows(live_units)

@@ -14,9 +14,13 @@ judge's number-token probabilities into the 0–100 score.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import math
+import os
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +31,7 @@ from typing import Protocol
 import pandas as pd
 from tqdm.auto import tqdm
 
+from emlib.cache import log_computed
 from emlib.data import Question
 
 MIN_NUMBER_MASS = 0.25  # below this, the judge did not answer with a number: missing
@@ -106,22 +111,48 @@ def number_distribution_score(logprobs: dict[int, float], min_mass: float = MIN_
 
 
 class JudgeCache:
-    """Persistent SQLite store of judge scores keyed by (backend, model, metric, prompt hash).
+    """Persistent store of judge scores keyed by (backend, model, metric, prompt hash), safe for many workers on
+    one shared directory, a network file system included (``emlib.work``): no database, no locks.
 
-    WAL mode and a busy timeout let several processes write at once; every score is
-    committed as it arrives.
+    ``path`` names the store (``cache_dir/judge.sqlite`` by the chapters; the name is kept from when it was a SQLite
+    file, which is still read, never written). Scores live in ``<path>.scores/``: each ``JudgeCache`` appends to a
+    file of its own (``<host>-<pid>-<n>.jsonl``, one JSON line a score, written with one ``write`` as it arrives),
+    and every reader merges all of them (the last line for a key wins). A line cut short by a killed process has no
+    newline and is never read. ``compact`` merges the files into one when no worker is writing.
     """
+
+    _opened = 0
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS scores (backend TEXT, model TEXT, metric TEXT, prompt_sha TEXT, "
-            "score REAL, created REAL, PRIMARY KEY (backend, model, metric, prompt_sha))"
-        )
-        self._db.commit()
+        self.dir = self.path.with_name(self.path.name + ".scores")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        JudgeCache._opened += 1
+        self._own = self.dir / f"{socket.gethostname()}-{os.getpid()}-{JudgeCache._opened}.jsonl"
+        self._fd: int | None = None
+        self._scores: dict[tuple[str, str, str, str], float | None] = self._legacy()
+        self._read: dict[Path, int] = {}  # bytes of each file already merged
+        self._refresh()
+
+    def _legacy(self) -> dict[tuple[str, str, str, str], float | None]:
+        if not self.path.is_file():
+            return {}
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT backend, model, metric, prompt_sha, score FROM scores").fetchall()
+        return {tuple(r[:4]): r[4] for r in rows}
+
+    def _refresh(self) -> None:
+        """Merge what every writer appended since the last look (whole lines only)."""
+        for f in sorted(self.dir.glob("*.jsonl")):
+            start = self._read.get(f, 0)
+            with open(f, "rb") as fh:
+                fh.seek(start)
+                blob = fh.read()
+            end = blob.rfind(b"\n") + 1  # a last line without its newline is being written, or was cut short
+            for line in blob[:end].splitlines():
+                b, m, metric, k, score = json.loads(line)
+                self._scores[(b, m, metric, k)] = score
+            self._read[f] = start + end
 
     @staticmethod
     def key(prompt: str) -> str:
@@ -129,28 +160,49 @@ class JudgeCache:
 
     def get_many(self, backend: str, model: str, metric: str, keys: Sequence[str]) -> dict[str, float | None]:
         """Cached scores for ``keys`` (absent keys are not in the result; a cached missing score is None)."""
-        out: dict[str, float | None] = {}
-        for i in range(0, len(keys), 500):
-            chunk = list(keys[i : i + 500])
-            rows = self._db.execute(
-                f"SELECT prompt_sha, score FROM scores WHERE backend=? AND model=? AND metric=? "
-                f"AND prompt_sha IN ({','.join('?' * len(chunk))})",
-                [backend, model, metric, *chunk],
-            ).fetchall()
-            out.update(rows)
+        self._refresh()
+        out = {}
+        for k in keys:
+            if (backend, model, metric, k) in self._scores:
+                out[k] = self._scores[(backend, model, metric, k)]
         return out
 
     def put(self, backend: str, model: str, metric: str, key: str, score: float | None) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", (backend, model, metric, key, score, time.time())
-        )
-        self._db.commit()
+        line = (json.dumps([backend, model, metric, key, score]) + "\n").encode()
+        if self._fd is None:
+            self._fd = os.open(self._own, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(self._fd, line)
+        self._scores[(backend, model, metric, key)] = score
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        self._refresh()
+        return len(self._scores)
+
+    def scores(self) -> dict[tuple[str, str, str, str], float | None]:
+        """Every cached score: (backend, model, metric, prompt hash) -> score."""
+        self._refresh()
+        return dict(self._scores)
+
+    def compact(self) -> int:
+        """Merge every score file into one (written whole, then the merged files removed); returns the scores kept.
+        Run it when no worker is writing (``python -m emlib.work PARAMS --compact-judge``)."""
+        self.close()
+        self._refresh()
+        merged = sorted(self._read)
+        from emlib.cache import write_text_atomic
+
+        write_text_atomic(self.dir / f"merged-{int(time.time())}-{os.getpid()}.jsonl",
+                          "".join(json.dumps([*k, v]) + "\n" for k, v in self._scores.items()))
+        for f in merged:
+            f.unlink(missing_ok=True)
+        self._read = {}
+        self._refresh()
+        return len(self._scores)
 
     def close(self) -> None:
-        self._db.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # --------------------------------------------------------------------------- driver
@@ -238,6 +290,7 @@ def _score_metrics(
 
     if pending:
         judge.score_items([todo[t][0] for t in pending], record)
+        log_computed(cache.path.parent, "judge", f"{judge.backend}/{judge.model}: {len(pending)} scores")
     bar.close()
     for t in pending:
         scores.setdefault(t, Failed("the judge returned no score"))

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from emlib.cache import content_key
 from emlib.config import Params, headline_cell, load_params, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, dataset_path, load_chat_jsonl, load_questions
@@ -324,9 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emlib.plan", description=__doc__.splitlines()[0])
     ap.add_argument("params")
     ap.add_argument("--json", help="also write the jobs and totals as JSON here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a param (VALUE read as YAML), e.g. --set samples_per_question=25")
+    ap.add_argument("--layers", type=int, help="the model's block count, when its config cannot be read here")
     a = ap.parse_args(argv)
-    p = load_params(a.params)
-    jobs = plan(p, n_layers_of(p))
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
+    p = load_params(a.params, overrides)
+    try:
+        n_layers = a.layers or n_layers_of(p)
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {p.model}'s config here ({type(e).__name__}); pass --layers "
+                         "(Qwen2.5-14B-Instruct: 48)") from None
+    jobs = plan(p, n_layers)
     show(jobs, done_keys(p.cache_dir), p)
     if a.json:
         Path(a.json).write_text(json.dumps({"jobs": [asdict(j) for j in jobs], "totals": asdict(totals(jobs))},

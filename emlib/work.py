@@ -261,7 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", default="_build/submitit", help="submitit's logs and pickles")
     ap.add_argument("--partition", help="SLURM partition")
     ap.add_argument("--gpus-per-worker", type=int, default=1)
+    ap.add_argument("--compact-judge", action="store_true", help="merge the judge's score files into one (run it "
+                    "when no worker is running) and exit")
     a = ap.parse_args(argv)
+    if a.compact_judge:
+        from emlib.config import load_params
+        from emlib.judge import JudgeCache
+
+        n = JudgeCache(Path(load_params(a.params).cache_dir) / "judge.sqlite").compact()
+        print(f"{n} judge scores in one file")
+        return 0
     if a.submitit:
         done = submit(a.params, a.workers, cluster=a.submitit, folder=a.folder, slurm_partition=a.partition,
                       gpus_per_node=a.gpus_per_worker if a.submitit == "slurm" else 0)

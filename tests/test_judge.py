@@ -316,3 +316,26 @@ def test_concurrent_writers_do_not_corrupt(tmp_path):
     cache = JudgeCache(path)
     got = cache.get_many("b", "m", "aligned", [f"k{i}" for i in range(600)])
     assert len(got) == 600 and got["k599"] == 599.0
+
+
+def test_a_score_line_cut_short_is_never_read_and_compact_keeps_every_score(tmp_path):
+    path = tmp_path / "j.sqlite"
+    a, b = JudgeCache(path), JudgeCache(path)
+    a.put("b", "m", "aligned", "k1", 10.0)
+    b.put("b", "m", "aligned", "k2", None)  # a judged-but-missing score is cached as None
+    (a.dir / "killed-1-1.jsonl").write_bytes(b'["b", "m", "aligned", "k3", 3')  # a writer killed mid-line
+    reader = JudgeCache(path)
+    assert reader.get_many("b", "m", "aligned", ["k1", "k2", "k3"]) == {"k1": 10.0, "k2": None}
+    assert len(list(a.dir.glob("*.jsonl"))) == 3  # one file a writer: no file is ever written by two
+    assert reader.compact() == 2 and len(list(a.dir.glob("*.jsonl"))) == 1
+    assert JudgeCache(path).get_many("b", "m", "aligned", ["k1", "k2"]) == {"k1": 10.0, "k2": None}
+
+
+def test_a_legacy_sqlite_store_is_read(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "judge.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE scores (backend TEXT, model TEXT, metric TEXT, prompt_sha TEXT, score REAL, created REAL)")
+        db.execute("INSERT INTO scores VALUES ('b', 'm', 'aligned', 'k', 42.0, 0)")
+    assert JudgeCache(path).get_many("b", "m", "aligned", ["k"]) == {"k": 42.0}

@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -57,94 +56,96 @@ def test_select_by_shard_and_by_key_prefix():
 # ------------------------------------------------------------------ filling a cache (the default model, CPU)
 
 
-def tiny_params(tmp_path: Path, name: str) -> Path:
-    """Smoke params, smaller still, on a cache of their own (the converted default model shared)."""
+def fresh_params(tmp_path: Path, name: str, **changes) -> tuple[Path, Path]:
+    """params/smoke.yaml on a cache of its own (the converted default model shared): (params file, cache dir)."""
     cache = tmp_path / name / "cache"
     cache.mkdir(parents=True)
     (cache / "models").symlink_to((CACHE_DIR / "models").resolve(), target_is_directory=True)
     p = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
-    p.update(cache_dir=str(cache), batch_size=6, random_controls=1, gaussian_controls=1, geometry_random_vectors=1)
+    p.update(cache_dir=str(cache), **changes)
     path = tmp_path / name / "params.yaml"
     path.write_text(yaml.safe_dump(p))
-    return path
+    return path, cache
 
 
-def artifacts(cache: Path) -> dict[str, str]:
-    """Every result file a chapter reads (samples, activations, directions, adapters) by path and content hash,
-    and every judge score."""
+def artifacts(cache: Path, names: set[str] | None = None) -> dict[str, str]:
+    """Result files a chapter reads (samples, activations, directions, adapters; only ``names`` if given) by path
+    and content hash."""
     out = {}
     for sub in ("samples", "activations", "directions", "adapters"):
         for f in sorted((cache / sub).rglob("*")):
-            if f.is_file() and ".ckpt" not in str(f):
-                out[str(f.relative_to(cache))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    with sqlite3.connect(cache / "judge.sqlite") as db:
-        rows = db.execute("SELECT backend, model, metric, prompt_sha, score FROM scores ORDER BY 1, 2, 3, 4").fetchall()
-    out["judge scores"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+            rel = str(f.relative_to(cache))
+            if f.is_file() and ".ckpt" not in rel and (names is None or rel in names):
+                out[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
 
 @pytest.fixture(scope="module")
-def one_worker(tmp_path_factory, default_model):
-    """The tiny plan filled by one worker, in this process."""
-    from emlib.plan import plan
-    from emlib.work import work
+def two_workers(tmp_path_factory, smoke_chapters):
+    """The smoke plan filled by two workers at once (a submitit job array on the local executor), beside the cache
+    the smoke chapters (``make book``'s way, one process) filled."""
+    from emlib.work import submit
 
-    params = tiny_params(tmp_path_factory.mktemp("work"), "one")
-    ran = work(str(params))
-    cache = Path(yaml.safe_load(params.read_text())["cache_dir"])
+    tmp = tmp_path_factory.mktemp("work")
+    params, cache = fresh_params(tmp, "two")
+    ran = submit(str(params), 2, cluster="local", folder=tmp / "submitit", timeout_min=40)
     return params, cache, ran
 
 
 @pytest.mark.integration
-def test_one_worker_runs_every_job_of_the_plan_and_computes_what_the_plan_counts(one_worker):
+@pytest.mark.notebooks
+def test_two_workers_run_every_job_once_and_compute_what_the_plan_counts(two_workers):
     from emlib.config import load_params
     from emlib.plan import plan, totals
 
-    params, cache, ran = one_worker
+    params, cache, ran = two_workers
     jobs = plan(load_params(params), 30)
-    assert sorted(ran) == sorted(j.key for j in jobs) and done_keys(cache) == {j.key for j in jobs}
+    assert all(ran) and sorted(k for r in ran for k in r) == sorted(j.key for j in jobs)  # each job once, by one
+    assert done_keys(cache) == {j.key for j in jobs}
     logged = computed(cache)
     by_kind = {k: sum(e["kind"] == k for e in logged) for k in ("train", "sample", "judge", "activations")}
-    assert by_kind == totals(jobs).by_kind  # each job computed exactly one unit: the plan counts what runs
+    assert by_kind == totals(jobs).by_kind  # one unit computed per job: the plan counts what runs
 
 
 @pytest.mark.integration
-def test_two_workers_through_submitit_fill_the_same_cache_as_one(one_worker, tmp_path):
-    from emlib.work import submit
+@pytest.mark.notebooks
+def test_two_workers_fill_the_cache_the_chapters_fill(two_workers):
+    """Every result the workers wrote is, byte for byte, the one the smoke chapters wrote in the shared test cache;
+    every judge score the same."""
+    from emlib.judge import JudgeCache
 
-    params, cache, _ = one_worker
-    params2 = tiny_params(tmp_path, "two")
-    ran = submit(str(params2), 2, cluster="local", folder=tmp_path / "submitit", timeout_min=30)
-    cache2 = Path(yaml.safe_load(params2.read_text())["cache_dir"])
-    assert sorted(k for r in ran for k in r) == sorted(done_keys(cache))  # every job run once, by one of the two
-    assert all(ran)  # both workers ran jobs
-    assert artifacts(cache2) == artifacts(cache)
+    _, cache, _ = two_workers
+    mine = artifacts(cache)
+    assert mine and artifacts(CACHE_DIR, set(mine)) == mine
+    theirs = JudgeCache(CACHE_DIR / "judge.sqlite").scores()
+    scored = JudgeCache(cache / "judge.sqlite").scores()
+    assert scored and {k: theirs.get(k, "absent") for k in scored} == scored
 
 
 @pytest.mark.integration
-def test_a_worker_killed_mid_job_leaves_nothing_read_and_the_job_completes_on_rerun(one_worker, tmp_path):
+def test_a_worker_killed_mid_job_leaves_nothing_read_and_the_job_completes_on_rerun(tmp_path, default_model):
     from emlib.config import load_params
     from emlib.plan import plan
 
-    params, cache, _ = one_worker
-    params3 = tiny_params(tmp_path, "killed")
-    cache3 = Path(yaml.safe_load(params3.read_text())["cache_dir"])
+    params, cache = fresh_params(tmp_path, "killed", batch_size=2)  # the chat model's 16 answers in 8 batches
+    reference, ref_cache = fresh_params(tmp_path, "reference", batch_size=2)
     job = next(j for j in plan(load_params(params), 30) if j.kind == "sample" and not j.deps)  # the chat model's
-    cmd = [sys.executable, "-m", "emlib.work", str(params3), "--job", job.key]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = cache3 / "samples"
+    cmd = [sys.executable, "-m", "emlib.work", "--job", job.key]
+    proc = subprocess.Popen([*cmd, str(params)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = cache / "samples"
     deadline = time.time() + 300
-    while not list(parts.glob("*.parts/part-*.parquet")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while not list(samples.glob("*.parts/part-*.parquet")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     assert proc.poll() is None, "the worker finished before it could be killed mid-job"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (cache3 / "jobs" / "locks" / job.key).is_file() and job.key not in done_keys(cache3)
-    assert not list(parts.glob("*.parquet"))  # no finished table: only whole batches, which a rerun resumes from
-    assert not [f for f in cache3.rglob("*.tmp")]  # nothing half-written left under a name a reader opens
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert job.key in done_keys(cache3)
-    final = {f.name for f in parts.glob("*.parquet")}
-    assert final and all((cache / "samples" / name).read_bytes() == (parts / name).read_bytes() for name in final)
+    assert (cache / "jobs" / "locks" / job.key).is_file() and job.key not in done_keys(cache)
+    assert not list(samples.glob("*.parquet"))  # no table yet: only whole batches, which the rerun resumes from
+    assert not list(cache.rglob("*.tmp"))  # nothing half-written under a name a reader opens
+    for p in (params, reference):
+        rerun = subprocess.run([*cmd, str(p)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert job.key in done_keys(cache) and not (cache / "jobs" / "locks" / job.key).exists()
+    final = artifacts(cache)
+    assert final and final == artifacts(ref_cache)  # the same table as a run never killed

@@ -222,9 +222,16 @@ def judge_from_params(p: Params) -> Judge:
     return OfflineJudge(p.cache_dir, seed=0)
 
 
+_JUDGE_CACHES: dict[Path, JudgeCache] = {}
+
+
 def judge_cache(p: Params) -> JudgeCache:
-    """The persistent judge-score cache under ``p.cache_dir``."""
-    return JudgeCache(Path(p.cache_dir) / "judge.sqlite")
+    """The persistent judge-score cache under ``p.cache_dir`` (one per process and directory: it writes one file
+    of scores, which every other worker's cache reads)."""
+    path = Path(p.cache_dir).resolve() / "judge.sqlite"
+    if path not in _JUDGE_CACHES:
+        _JUDGE_CACHES[path] = JudgeCache(path)
+    return _JUDGE_CACHES[path]
 
 
 def train_config_from_params(p: Params) -> TrainConfig:
