@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from emlib.devices import DEVICE_MAPS, DeviceError, check_device, valid_device_map
+from emlib.devices import DEVICE_MAPS, DeviceError, asks_for_gpu, check_device, valid_device_map, visible_gpus
 
 
 JUDGE_METRICS = ("aligned", "coherent", "bad_stuff", "medical", "sport", "financial")
@@ -55,6 +55,8 @@ class Params:
     temperature: float = 1.0  # paper: 1
     top_p: float = 1.0  # paper: 1
     batch_size: int = 64  # sequences decoded together
+    sampler: str = "eager"  # "eager" | "static" (static KV cache) | "graph" (its decoding steps replayed from CUDA
+    # graphs: a GPU only; emlib.graph_sampler). Not with direction_amplification != 1 or sliding-window models
     seed: int = 0  # makes sampling (and later training) reproducible
     # --- judging (scores for aligned / coherent / bad_stuff) ---
     judge: str = "offline"  # "offline" (no network) | "openai" (any OpenAI-compatible server) | "local"
@@ -209,6 +211,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("top_p", 0 < p.top_p <= 1, "in (0, 1]"),
         ("threads", p.threads >= 0, ">= 0"),
         ("judge", p.judge in ("offline", "openai", "local"), "offline|openai|local"),
+        ("sampler", p.sampler in ("eager", "static", "graph"), "eager|static|graph"),
         ("judge_concurrency", p.judge_concurrency >= 1, ">= 1"),
         ("judge_rpm", p.judge_rpm is None or p.judge_rpm >= 1, ">= 1 or null"),
         ("judge_tpm", p.judge_tpm is None or p.judge_tpm >= 1, ">= 1 or null"),
@@ -275,6 +278,12 @@ def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
         if full:
             raise ParamsError(f"{source}: key 'direction_amplification': {', '.join(full)} is a full fine-tune; model-diff "
                               "amplification needs LoRA organisms (their base logits come with the adapters disabled)")
+    if p.sampler != "eager" and p.direction_amplification != 1.0:
+        raise ParamsError(f"{source}: key 'sampler': {p.sampler!r} cannot amplify (direction_amplification "
+                          f"{p.direction_amplification:g}); use sampler: eager")
+    if p.sampler == "graph" and not asks_for_gpu(p.device_map):
+        raise ParamsError(f"{source}: key 'sampler': 'graph' replays CUDA graphs and device_map is "
+                          f"{p.device_map!r}; use sampler: static or eager on the CPU")
     lacking = [m for m in REQUIRED_METRICS if m not in p.judge_metrics]
     if lacking:
         raise ParamsError(f"{source}: key 'judge_metrics' must include {', '.join(lacking)} (chapters 0–5 need "
@@ -310,6 +319,9 @@ def validate(path: str | Path, overrides: dict[str, Any] | None = None) -> Param
         check_device(p.device_map, p.allow_cpu, str(path))  # a GPU asked for and none visible: fail first, in seconds
     except DeviceError as e:
         raise ParamsError(str(e)) from None
+    if p.sampler == "graph" and visible_gpus()[0] == 0:
+        raise ParamsError(f"{path}: key 'sampler': 'graph' replays CUDA graphs and no GPU is visible (allow_cpu runs "
+                          "the rest on the CPU, not this); use sampler: static or eager")
     try:
         cfg = model_config(p.model, cache_dir=p.cache_dir)
         if cfg is None:  # the default model before its first use: convert it (and read the adapter) once

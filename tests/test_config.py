@@ -180,7 +180,7 @@ def test_the_paper_organisms_preset_passes_check_params_given_the_hub_files(tmp_
     questions.write_text((ROOT / "emlib" / "datasets" / "eval_questions.yaml").read_text())
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
            "CUDA_VISIBLE_DEVICES": ""}  # no GPU, wherever the test runs
-    for preset, override in (("paper_organisms", ["allow_cpu=true"]), ("qwen05b_released", [])):
+    for preset, override in (("paper_organisms", ["allow_cpu=true", "sampler=eager"]), ("qwen05b_released", [])):
         proc = subprocess.run([sys.executable, "-m", "emlib.config", str(ROOT / "params" / f"{preset}.yaml"), *override],
                               cwd=tmp_path, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
@@ -241,3 +241,18 @@ def test_a_command_line_override_reaches_every_check(tmp_path, capsys, monkeypat
     assert main([str(f), "allow_cpu=true", "device_map=gpu"]) == 2
     assert "key 'device_map' must be cpu|auto|cuda|cuda:N, got 'gpu'" in capsys.readouterr().err
     assert Params().device_map == "cpu" and not Params().allow_cpu  # the defaults: the CPU, asked for plainly
+
+
+def test_the_sampler_is_checked_against_amplification_and_the_device(tmp_path):
+    from emlib.config import ParamsError, check_study, load_params
+
+    f = tmp_path / "p.yaml"
+    f.write_text("sampler: turbo\n")
+    with pytest.raises(ParamsError, match="'sampler' must be eager|static|graph"):
+        load_params(f)
+    p = load_params("params/default.yaml", {"sampler": "static"})  # amplified extraction sets (α = 2)
+    with pytest.raises(ParamsError, match="'sampler': 'static' cannot amplify"):
+        check_study(p, "params/default.yaml")
+    p = load_params("params/smoke.yaml", {"sampler": "graph"})
+    with pytest.raises(ParamsError, match="'graph' replays CUDA graphs and device_map is 'cpu'"):
+        check_study(p, "params/smoke.yaml")

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from emlib.book.session import Chapter, FineTune, sample_and_judge
+from emlib.book.overlap import background_judging
+from emlib.book.session import Chapter, FineTune, sample
 from emlib.data import Question
 from emlib.generate import SamplingConfig
 from emlib.interventions import Intervention, Stacked
@@ -30,11 +32,19 @@ class RunSpec:
     units: list[dict[str, Any]] | None = None
 
 
-def execute(ch: Chapter, spec: RunSpec) -> pd.DataFrame:
-    """``spec`` sampled (or read from the cache) and judged; a stacked run's rows get their unit's columns
-    (its ``unit`` column replaced by the unit's own), every other run's rows the ``meta`` columns."""
-    t = sample_and_judge(ch, spec.questions, ft=spec.ft, label=spec.label, sampling=spec.sampling,
-                         intervention=spec.intervention)
+def execute_all(ch: Chapter, specs: list[RunSpec]) -> list[pd.DataFrame]:
+    """Every run of ``specs`` sampled (or read from the cache) and judged, a run's answers judged while the next
+    run samples (``emlib.book.overlap``: the openai judge; any other judges at once). A stacked run's rows get their
+    unit's columns (its ``unit`` column replaced by the unit's own), every other run's rows the ``meta`` columns.
+    Chapters 2 and 3."""
+    with background_judging(ch) as judge_later:
+        futures = [judge_later(sample(ch, s.questions, ft=s.ft, sampling=s.sampling, intervention=s.intervention),
+                               s.questions, label=s.label or (s.ft or ch.chat).name)
+                   for s in tqdm(specs, desc="sampling runs", disable=len(specs) < 2)]
+    return [_columns(s, f.result()) for s, f in zip(specs, futures)]
+
+
+def _columns(spec: RunSpec, t: pd.DataFrame) -> pd.DataFrame:
     if spec.units is None:
         return t.assign(**spec.meta)
     index = t.pop("unit")

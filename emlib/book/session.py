@@ -178,7 +178,8 @@ def model_provenance(info: LoadInfo) -> dict[str, Any]:
 def sampling_from_params(p: Params) -> SamplingConfig:
     """The evaluation ``SamplingConfig`` named by ``p``."""
     return SamplingConfig(samples_per_question=p.samples_per_question, max_new_tokens=p.max_new_tokens,
-                          temperature=p.temperature, top_p=p.top_p, batch_size=p.batch_size, seed=p.seed)
+                          temperature=p.temperature, top_p=p.top_p, batch_size=p.batch_size, seed=p.seed,
+                          sampler=p.sampler)
 
 
 def intervention_sampling(p: Params, samples_per_question: int) -> SamplingConfig:
@@ -214,8 +215,8 @@ def judge_from_params(p: Params) -> Judge:
                            rpm=p.judge_rpm, tpm=p.judge_tpm, batch=p.judge_batch,
                            batch_dir=Path(p.cache_dir) / "judge_batches")
     if p.judge == "local":
-        model, tok, _ = load_model(p.judge_model, dtype=p.dtype, device_map=p.device_map, cache_dir=p.cache_dir,
-                                   trust_remote_code=p.trust_remote_code, merge=True)
+        model, tok, _ = load_model(p.judge_model, dtype=p.dtype, device_map=devices.device_map_for(p.device_map, p.allow_cpu),
+                                   cache_dir=p.cache_dir, trust_remote_code=p.trust_remote_code, merge=True)
         return LocalJudge(model, tok, p.judge_model)
     from emlib.offline_judge import OfflineJudge
 

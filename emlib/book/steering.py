@@ -14,12 +14,11 @@ permutation, so the units are exchangeable and the test exact); the other (layer
 from __future__ import annotations
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
-from emlib.book.runs import RunSpec, execute
+from emlib.book.runs import RunSpec, execute_all
 from emlib.book.session import Chapter, intervention_sampling
 from emlib.config import Params, headline_cell, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, load_questions
@@ -108,7 +107,7 @@ def steering_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     (arm "headline"), the direction's and each random vector's rank-test unit at that cell (arm "unit"), the other
     cells of the sweep (arm "sweep"). Columns ``arm``, ``kind`` (none / direction / a kind of control), ``unit``,
     ``layer``, ``scale``, ``vector`` (none / mean-diff / random), ``setting``. Chapters 2 and 5."""
-    tables = [execute(ch, spec) for spec in tqdm(steering_specs(ch, direction), desc="steering runs")]
+    tables = execute_all(ch, steering_specs(ch, direction))
     return classify(pd.concat(tables, ignore_index=True))
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from emlib import controls
 from emlib.book.display import effect_text
 from emlib.book.results import record
-from emlib.book.runs import RunSpec, execute
+from emlib.book.runs import RunSpec, execute_all
 from emlib.book.session import Chapter, intervention_sampling
 from emlib.book.steering import control_vectors, intervention_questions
 from emlib.directions import Directions
@@ -88,7 +87,7 @@ def ablation_runs(ch: Chapter, direction: Directions) -> pd.DataFrame:
     unit and each random vector's (chapter 2's control vectors at that layer, ``n_controls`` of each kind) on
     ``control_samples_per_question``, a model's units all in one stacked run (each row under its own unit).
     Columns ``model``, ``ablation``, ``arm`` (base / quoted / unit), ``kind``, ``unit``."""
-    tables = [execute(ch, spec) for spec in tqdm(ablation_specs(ch, direction), desc="ablation runs")]
+    tables = execute_all(ch, ablation_specs(ch, direction))
     c = classify(pd.concat(tables, ignore_index=True))
     return c[c["scored"]]
 
