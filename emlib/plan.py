@@ -313,10 +313,12 @@ def show(jobs: Sequence[Job], done: set[str], p: Params, out=sys.stdout) -> None
           f"{t.forward_tokens:,} teacher-forced tokens, {t.train_tokens:,} training tokens; {t.judge_calls:,} judge "
           f"calls ({t.judge_api_calls:,} to a server, {t.judge_api_input_tokens:,} input tokens)", file=out)
     rate = throughput(p.model)
-    e = estimate(t, rate, batch_api=getattr(p, "judge_batch", False))
+    e = estimate(t, rate, batch_api=p.judge_batch)
     hours = (f"{e['device_hours']:.2f} device hours on {rate.machine} ({rate.source})" if rate is not None else
              f"device hours: not measured for {p.model} (bench/throughputs.json has no entry)")
-    print(f"estimate: {hours}; judge ${e['judge_dollars']:,.0f} at list prices", file=out)
+    batch = p.judge_batch
+    print(f"estimate: {hours}; judge ${e['judge_dollars']:,.0f} at list prices"
+          f"{' through the Batch API (half)' if batch else ''}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
