@@ -278,6 +278,12 @@ def check_study(p: Params, source: str, n_layers: int | None = None) -> None:
         if full:
             raise ParamsError(f"{source}: key 'direction_amplification': {', '.join(full)} is a full fine-tune; model-diff "
                               "amplification needs LoRA organisms (their base logits come with the adapters disabled)")
+    if p.direction_organism in p.compare_organisms:
+        raise ParamsError(f"{source}: key 'compare_organisms': {p.direction_organism} is the direction organism; "
+                          "list the organisms it is compared with")
+    if p.sampler == "graph" and p.device_map == "auto":
+        raise ParamsError(f"{source}: key 'sampler': 'graph' captures the model on one GPU and device_map 'auto' may "
+                          "spread it over several; use device_map: cuda (or cuda:N)")
     if p.sampler != "eager" and p.direction_amplification != 1.0:
         raise ParamsError(f"{source}: key 'sampler': {p.sampler!r} cannot amplify (direction_amplification "
                           f"{p.direction_amplification:g}); use sampler: eager")

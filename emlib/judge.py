@@ -6,7 +6,7 @@ server), ``emlib.llm_judges.LocalJudge`` (any local chat model, the same prompts
 ``emlib.offline_judge.OfflineJudge`` (no network, no large model; a validated proxy).
 
 ``judge_responses`` fills each question's judge prompts, looks every (backend, model,
-metric, prompt) up in a persistent SQLite ``JudgeCache``, sends only the misses, and
+metric, prompt) up in a persistent ``JudgeCache`` (files of scores, one per writer), sends only the misses, and
 writes each score as soon as it arrives: a re-run costs no calls and a killed run keeps
 everything judged so far. ``aggregate_logprobs`` and ``number_distribution_score`` turn a
 judge's number-token probabilities into the 0–100 score.
@@ -23,6 +23,7 @@ import re
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +122,11 @@ class JudgeCache:
     newline and is never read. ``compact`` merges the files into one when no worker is writing.
     """
 
-    _opened = 0
-
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.dir = self.path.with_name(self.path.name + ".scores")
         self.dir.mkdir(parents=True, exist_ok=True)
-        JudgeCache._opened += 1
-        self._own = self.dir / f"{socket.gethostname()}-{os.getpid()}-{JudgeCache._opened}.jsonl"
+        self._own = self.dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
         self._fd: int | None = None
         self._scores: dict[tuple[str, str, str, str], float | None] = self._legacy()
         self._read: dict[Path, int] = {}  # bytes of each file already merged
@@ -150,7 +148,10 @@ class JudgeCache:
                 blob = fh.read()
             end = blob.rfind(b"\n") + 1  # a last line without its newline is being written, or was cut short
             for line in blob[:end].splitlines():
-                b, m, metric, k, score = json.loads(line)
+                try:
+                    b, m, metric, k, score = json.loads(line)
+                except ValueError:  # not one whole score: skipped, never read as one
+                    continue
                 self._scores[(b, m, metric, k)] = score
             self._read[f] = start + end
 
@@ -170,7 +171,7 @@ class JudgeCache:
     def put(self, backend: str, model: str, metric: str, key: str, score: float | None) -> None:
         line = (json.dumps([backend, model, metric, key, score]) + "\n").encode()
         if self._fd is None:
-            self._fd = os.open(self._own, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(self._own, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)  # ours alone
         os.write(self._fd, line)
         self._scores[(backend, model, metric, key)] = score
 

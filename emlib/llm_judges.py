@@ -138,7 +138,7 @@ class OpenAIJudge:
                 wait = retry_after_seconds(e.response.headers)
             except (openai.APIError, AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
                 last = type(e).__name__
-            if wait is not None:  # the server said when: every request of this judge waits (its next acquire)
+            if wait:  # the server said when (a Retry-After of 0: the backoff): every request of this judge waits
                 self.limiter.hold(min(wait, self.max_retry_after))
             elif attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2**attempt)

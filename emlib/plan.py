@@ -8,7 +8,9 @@ totals, and the hours and judge cost those sizes take at the throughputs measure
 
 The jobs mirror what the chapters compute on a cache miss, in the book's order (chapter 1 trains and evaluates,
 chapter 2 extracts and steers, chapter 3 ablates, chapter 4 reads activations; chapters 0 and 5 reuse these runs),
-so a cold ``make book`` performs exactly these computations (``emlib.work.LOG``). Sizes are upper bounds where the
+so a cold ``make book`` computes exactly these units (each appends a line to ``cache_dir/jobs/log.jsonl``:
+``emlib.cache.log_computed``), beside one that is not cached and not here: chapter 4's LoRA-scalar pass over the
+extraction answers (teacher-forced, computed as the chapter renders). Sizes are upper bounds where the
 run decides: tokens decoded assume every answer runs to its length limit (rows that end early decode less),
 prompts are estimated at ``PROMPT_TOKENS`` a question, a token at ``CHARS_PER_TOKEN`` characters; the cross-model
 passes of chapter 2 run only where both of a pair's direction sets are non-empty.
@@ -20,7 +22,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ from emlib.organisms import Organism, TrainConfig, organisms
 CHARS_PER_TOKEN = 4  # a token is about four characters of English (judge prompts, training rows)
 PROMPT_TOKENS = 40  # chat template and question, per answer (the questions are one or two sentences)
 KINDS = ("train", "sample", "judge", "activations")
+# params that change where or how fast results are computed, never what they are: not in a job's key
+NOT_IN_KEYS = ("cache_dir", "threads", "allow_cpu", "judge_concurrency", "judge_rpm", "judge_tpm", "judge_batch",
+               "activation_batch_size")
 THROUGHPUTS = Path(__file__).resolve().parent.parent / "bench" / "throughputs.json"
 
 
@@ -68,8 +73,11 @@ class Run:
     intervention: str = "none"  # e.g. "steer direction L15 x2", "units: steering (41)"
 
 
-def _questions(p: Params) -> tuple[list[Question], list[Question]]:
-    return load_questions(p.questions, p.include_variants), load_questions(BUILTIN_MEDICAL_QUESTIONS)
+def questions_named(p: Params, which: str) -> list[Question]:
+    """The questions a run answers: "evaluation" (the params' questions) or "medical" (this project's eight medical
+    questions: chapter 2's topic set, and the interventions when ``intervention_questions: medical``)."""
+    return load_questions(p.questions, p.include_variants) if which == "evaluation" else \
+        load_questions(BUILTIN_MEDICAL_QUESTIONS)
 
 
 def _judge_tokens(questions: Sequence[Question], metrics: Sequence[str], answer_tokens: int) -> int:
@@ -104,12 +112,11 @@ class _Builder:
         return job.key
 
     def key(self, *parts: Any) -> str:
-        """A job's key: what names it and every param that shapes the results (not its dependencies: the params
-        determine them too)."""
-        p = self.p
-        return content_key({"parts": parts, "model": p.model, "adapter": p.adapter, "dtype": p.dtype, "seed": p.seed,
-                            "temperature": p.temperature, "top_p": p.top_p, "questions": p.questions,
-                            "organisms": p.organisms, "judge": [p.judge, p.judge_model, p.judge_metrics]})
+        """A job's key: what names it and every param but those that cannot change a result (``NOT_IN_KEYS``): a
+        changed param gives every job a new key (work runs them again, each from the cache where its inputs are
+        unchanged). Its dependencies are determined by the same params."""
+        params = {k: v for k, v in asdict(self.p).items() if k not in NOT_IN_KEYS}
+        return content_key({"parts": parts, "params": params})
 
     def sample(self, run: Run, chapter: int, deps: tuple[str, ...], qs: Sequence[Question], *,
                extraction: bool = False) -> tuple[str, ...]:
@@ -122,9 +129,9 @@ class _Builder:
                            tokens_decoded=n * run.max_new_tokens * (2 if run.amplification != 1.0 else 1)))
         done = [key]
         judges = [("judge", p.judge == "openai")] + ([("set judge", False)] if extraction and p.judge == "offline" else [])
-        for which, api in judges:
+        for which, api in judges:  # the set judge's job reads the judged table: after the judge's
             done.append(self.add(Job(self.key(which, key), "judge", f"{which}: {_run_name(run)}", chapter,
-                                     (which, asdict(run)), (key,), answers=n, judge_calls=n * len(p.judge_metrics),
+                                     (which, asdict(run)), tuple(done[:2]), answers=n, judge_calls=n * len(p.judge_metrics),
                                      judge_input_tokens=n * _judge_tokens(qs, p.judge_metrics, run.max_new_tokens),
                                      api=api)))
         if extraction:
@@ -149,7 +156,8 @@ def _run_name(run: Run) -> str:
 
 
 def n_gaussian(p: Params) -> int:
-    """Gaussian random vectors per quoted cell (``emlib.book.steering.n_gaussian``)."""
+    """Gaussian random vectors per quoted cell: ``gaussian_controls``, or as many as ``random_controls``. Chapters 2
+    and 3."""
     return p.random_controls if p.gaussian_controls is None else p.gaussian_controls
 
 
@@ -159,7 +167,7 @@ def n_transfer(p: Params, most: int) -> int:
 
 
 def train_config(p: Params) -> TrainConfig:
-    """The organisms' default training setting (``emlib.book.session.train_config_from_params``)."""
+    """The organisms' default ``TrainConfig``, named by the ``train_*`` keys of ``p``. Chapter 1 and the plan."""
     return TrainConfig(lr=p.train_lr, epochs=p.train_epochs, batch_size=p.train_batch_size,
                        grad_accum=p.train_grad_accum, warmup_steps=p.train_warmup_steps,
                        max_length=p.train_max_length, max_rows=p.train_max_rows, seed=p.seed)
@@ -169,7 +177,7 @@ def plan(p: Params, n_layers: int) -> list[Job]:
     """Every job the book runs on ``p`` for a model of ``n_layers`` blocks, in the book's order, dependencies
     first; a run two chapters share (the unsteered chat model of chapters 2 and 3) appears once."""
     b = _Builder(p)
-    general, medical = _questions(p)
+    general, medical = questions_named(p, "evaluation"), questions_named(p, "medical")
     by_name = {"evaluation": general, "medical": medical}
     orgs = organisms(p.organisms, train_config(p), read_datasets=False)
     ready: dict[str, tuple[str, ...]] = {"chat model": ()}

@@ -19,6 +19,8 @@ import os
 import socket
 import threading
 import time
+import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from emlib.cache import write_text_atomic
-from emlib.plan import Job, Run, n_layers_of, plan
+from emlib.plan import Job, Run, plan, questions_named
 
 HEARTBEAT = 15.0  # seconds between a running job's lock refreshes
 STALE_AFTER = 300.0  # a lock not refreshed for this long belongs to a dead worker (on any host)
@@ -53,64 +55,93 @@ def computed(cache_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class Lock:
-    """An exclusive lock on one job: a file created with ``O_EXCL`` holding the worker's host and pid, its
-    modification time refreshed every ``HEARTBEAT`` seconds by a thread while held."""
+    """An exclusive lock on one job: a file created with ``O_EXCL`` holding the worker's host, pid and a random
+    token, its modification time refreshed every ``HEARTBEAT`` seconds by a thread while held."""
 
     def __init__(self, path: Path):
-        self.path, self._stop = path, threading.Event()
-        self._thread: threading.Thread | None = None
+        self.path = path
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
 
     @staticmethod
     def stale(path: Path, stale_after: float = STALE_AFTER) -> bool:
         """Whether the lock at ``path`` belongs to a dead worker: its process is gone (same host), or it has not
-        been refreshed for ``stale_after`` seconds."""
+        been refreshed for ``stale_after`` seconds (also a lock left empty by a worker killed while writing it)."""
         try:
-            holder, age = json.loads(path.read_text()), time.time() - path.stat().st_mtime
-        except (OSError, ValueError):
-            return False  # being written or just released: look again later
-        if holder.get("host") == socket.gethostname():
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        try:
+            holder = json.loads(path.read_text())
+            same_host, pid = holder["host"] == socket.gethostname(), int(holder["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return age > stale_after
+        if same_host:
             try:
-                os.kill(int(holder["pid"]), 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
                 return True
             except PermissionError:
                 pass
         return age > stale_after
 
-    def acquire(self, stale_after: float = STALE_AFTER) -> bool:
-        """Take the lock if it is free or stale (a stale one is renamed away first: only one worker wins)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.stale(self.path, stale_after):
-            try:
-                os.replace(self.path, self.path.with_name(f".{self.path.name}.broken-{os.getpid()}"))
+    def _break_stale(self, stale_after: float) -> None:
+        """Remove the lock if it is stale, one worker at a time: under ``<key>.break`` (itself ``O_EXCL``), the
+        lock is looked at again before it goes, so a lock another worker just took is never removed."""
+        guard = self.path.with_name(self.path.name + ".break")
+        try:
+            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:  # a worker killed while breaking a lock leaves the guard: it is old after a heartbeat or two
+                if time.time() - guard.stat().st_mtime > 4 * HEARTBEAT:
+                    guard.unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
+            return
+        os.close(fd)
+        try:
+            if self.stale(self.path, stale_after):
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def acquire(self, stale_after: float = STALE_AFTER) -> bool:
+        """Take the lock if it is free, or stale (broken first); False if another live worker holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._break_stale(stale_after)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._thread.start()
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "since": time.time()}, f)
+        self._stop = threading.Event()
+        threading.Thread(target=self._beat, args=(self._stop,), daemon=True).start()
         return True
 
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT):
             try:
                 os.utime(self.path)
             except FileNotFoundError:
                 return
 
     def release(self) -> None:
+        """Stop the heartbeat and remove the lock, if it is still this worker's (its token in it)."""
         self._stop.set()
-        self.path.unlink(missing_ok=True)
+        try:
+            if json.loads(self.path.read_text()).get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+        except (OSError, ValueError):
+            pass
 
 
 def run_job(ch: Any, job: Job) -> None:
     """Compute ``job``'s cache entries with the chapters' own functions (``ch``: an ``emlib.book.Chapter``)."""
     from emlib.book import direction_extraction as dx
-    from emlib.book import lora_probes, session
+    from emlib.book import session
+    from emlib.book.geometry import geometry_pass
 
     kind = job.target[0]
     if kind == "train":
@@ -121,7 +152,7 @@ def run_job(ch: Any, job: Job) -> None:
         run = Run(**run)
         if what == "means":
             source, texts = dx.source_of(ch)
-            lora_probes.geometry_pass(ch, texts, source, through)
+            geometry_pass(ch, texts, source, through)
         else:  # an extraction set's texts through its own model, or through another (the cross-model control)
             spec = spec_for(ch, run)
             samples = session.sample(ch, spec.questions, ft=spec.ft, sampling=spec.sampling)
@@ -137,12 +168,6 @@ def run_job(ch: Any, job: Job) -> None:
         session.judge_table(ch, full, spec.questions)
     else:
         raise ValueError(f"job {job.key}: unknown target {job.target!r}")
-
-
-def _questions(ch: Any, which: str) -> list:
-    from emlib.data import BUILTIN_MEDICAL_QUESTIONS, load_questions
-
-    return ch.questions if which == "evaluation" else load_questions(BUILTIN_MEDICAL_QUESTIONS)
 
 
 def spec_for(ch: Any, run: Run) -> Any:
@@ -161,39 +186,48 @@ def spec_for(ch: Any, run: Run) -> Any:
         return RunSpec(run, ch.questions, ft, None, session.sampling_from_params(p))
     if run.intervention == "none" and run.max_new_tokens == p.intervention_max_new_tokens:
         sampling = replace(session.intervention_sampling(p, run.samples_per_question), amplification=run.amplification)
-        return RunSpec(run, _questions(ch, run.questions), ft, None, sampling)
+        return RunSpec(run, questions_named(ch.p, run.questions), ft, None, sampling)
     direction, _ = dx.source_of(ch)
-    for spec in steering_specs(ch, direction) + ablation_specs(ch, direction):
+    specs = steering_specs if run.model == "chat model" else ablation_specs  # the chat model is steered, organisms ablated
+    for spec in specs(ch, direction):
         if spec.run == run:
             return spec
     raise ValueError(f"no chapter samples the run the plan names {run}: emlib.plan and the chapters disagree")
 
 
 def ensure(ch: Any, job: Job, by_key: dict[str, Job], *, stale_after: float = STALE_AFTER,
-           log: list[str] | None = None) -> None:
+           log: list[str] | None = None) -> bool:
     """``job`` done under the shared cache: its dependencies first (each run here or waited for), then the job
-    itself under its lock, unless another worker did it meanwhile. ``log`` collects the keys run here."""
+    itself under its lock, unless another worker did it meanwhile. A job whose judging had failures (a score the
+    judge could not give: NaN, not cached) is not marked done, so the next ``work`` asks for those scores again.
+    Returns whether the job is done; ``log`` collects the keys run here."""
     cache = ch.p.cache_dir
     if job.key in done_keys(cache):
-        return
-    for d in job.deps:
-        ensure(ch, by_key[d], by_key, stale_after=stale_after, log=log)
+        return True
+    if not all([ensure(ch, by_key[d], by_key, stale_after=stale_after, log=log) for d in job.deps]):
+        return False
     lock = Lock(jobs_dir(cache) / "locks" / job.key)
     while job.key not in done_keys(cache):
         if not lock.acquire(stale_after):
             time.sleep(POLL)
             continue
         try:
-            if job.key not in done_keys(cache):
-                t0 = time.time()
-                run_job(ch, job)
-                write_text_atomic(jobs_dir(cache) / "done" / f"{job.key}.json", json.dumps(
-                    {**asdict(job), "seconds": round(time.time() - t0, 2), "host": socket.gethostname(),
-                     "pid": os.getpid()}, default=str))
-                if log is not None:
-                    log.append(job.key)
+            if job.key in done_keys(cache):
+                break
+            t0, failed = time.time(), len(ch.judge_failures)
+            run_job(ch, job)
+            if len(ch.judge_failures) > failed:
+                warnings.warn(f"job {job.key} ({job.name}): {len(ch.judge_failures) - failed} judge scores failed "
+                              "(shown by the chapters); not marked done, the next run asks for them again", stacklevel=2)
+                return False
+            write_text_atomic(jobs_dir(cache) / "done" / f"{job.key}.json", json.dumps(
+                {**asdict(job), "seconds": round(time.time() - t0, 2), "host": socket.gethostname(),
+                 "pid": os.getpid()}, default=str))
+            if log is not None:
+                log.append(job.key)
         finally:
             lock.release()
+    return True
 
 
 def select(jobs: Sequence[Job], *, keys: Sequence[str] = (), shard: tuple[int, int] = (0, 1)) -> list[Job]:
@@ -260,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--folder", default="_build/submitit", help="submitit's logs and pickles")
     ap.add_argument("--partition", help="SLURM partition")
-    ap.add_argument("--gpus-per-worker", type=int, default=1)
+    ap.add_argument("--gpus-per-worker", type=int, help="GPUs each worker gets (default: 1 on SLURM, 0 locally)")
     ap.add_argument("--compact-judge", action="store_true", help="merge the judge's score files into one (run it "
                     "when no worker is running) and exit")
     a = ap.parse_args(argv)
@@ -268,12 +302,19 @@ def main(argv: list[str] | None = None) -> int:
         from emlib.config import load_params
         from emlib.judge import JudgeCache
 
-        n = JudgeCache(Path(load_params(a.params).cache_dir) / "judge.sqlite").compact()
+        cache = Path(load_params(a.params).cache_dir)
+        held = [f.name for f in (jobs_dir(cache) / "locks").glob("*") if not f.name.endswith(".break")
+                and not Lock.stale(f)] if (jobs_dir(cache) / "locks").is_dir() else []
+        if held:
+            raise SystemExit(f"error: {len(held)} jobs are running (their locks are fresh): compact when no worker runs")
+        n = JudgeCache(cache / "judge.sqlite").compact()
         print(f"{n} judge scores in one file")
         return 0
     if a.submitit:
+        if a.job or a.shard != "0/1":
+            raise SystemExit("error: --submitit makes its own shards (--workers N); --job and --shard are for one worker")
         done = submit(a.params, a.workers, cluster=a.submitit, folder=a.folder, slurm_partition=a.partition,
-                      gpus_per_node=a.gpus_per_worker if a.submitit == "slurm" else 0)
+                      gpus_per_node=a.gpus_per_worker if a.gpus_per_worker is not None else int(a.submitit == "slurm"))
         print(f"{sum(map(len, done))} jobs run by {a.workers} workers")
         return 0
     i, n = (int(x) for x in a.shard.split("/"))

@@ -226,8 +226,8 @@ def test_the_gpu_presets_fail_check_params_without_a_gpu_naming_the_override(pre
     f = ROOT / "params" / f"{preset}.yaml"
     assert main([str(f)]) == 2
     err = capsys.readouterr().err
-    assert f"{f}: key 'device_map': 'auto' asks for a GPU, but no GPU is visible" in err and "allow_cpu: true" in err
-    assert load_params(f).device_map == "auto" and load_params(f, {"allow_cpu": True}).allow_cpu
+    assert f"{f}: key 'device_map': 'cuda' asks for a GPU, but no GPU is visible" in err and "allow_cpu: true" in err
+    assert load_params(f).device_map == "cuda" and load_params(f, {"allow_cpu": True}).allow_cpu
 
 
 def test_a_command_line_override_reaches_every_check(tmp_path, capsys, monkeypatch):
@@ -256,3 +256,14 @@ def test_the_sampler_is_checked_against_amplification_and_the_device(tmp_path):
     p = load_params("params/smoke.yaml", {"sampler": "graph"})
     with pytest.raises(ParamsError, match="'graph' replays CUDA graphs and device_map is 'cpu'"):
         check_study(p, "params/smoke.yaml")
+
+
+def test_a_direction_organism_compared_with_itself_and_a_graph_sampler_over_auto_are_refused():
+    from emlib.config import ParamsError, check_study, load_params
+
+    p = load_params("params/smoke.yaml", {"compare_organisms": ["r1x9_medical"]})
+    with pytest.raises(ParamsError, match="'compare_organisms': r1x9_medical is the direction organism"):
+        check_study(p, "smoke")
+    p = load_params("params/smoke.yaml", {"sampler": "graph", "device_map": "auto"})
+    with pytest.raises(ParamsError, match="device_map 'auto' may spread it over several"):
+        check_study(p, "smoke")

@@ -53,6 +53,51 @@ def test_select_by_shard_and_by_key_prefix():
         select(jobs, shard=(3, 3))
 
 
+# ------------------------------------------------------------------ every job of a plan resolves (no model)
+
+
+@pytest.mark.parametrize("preset, overrides, n_layers", [
+    ("smoke", {}, 30), ("default", {}, 30), ("paper", {"questions": "builtin"}, 48),
+    ("default", {"intervention_questions": "evaluation", "compare_samples_per_question": None,
+                 "steer_layers": [10, 15], "steer_scales": [1.0, 2.0]}, 30)])
+def test_every_sampling_job_of_the_plan_is_a_run_the_chapters_make(monkeypatch, preset, overrides, n_layers):
+    """``emlib.work.spec_for`` finds each sampling job's run among the chapters' own (the chapters' ``RunSpec``s
+    under a random direction and random controls), and the chapters make no intervention run the plan lacks."""
+    import types
+
+    import torch
+
+    from emlib.book import direction_extraction, steering, transfer_ablation
+    from emlib.book.session import FineTune
+    from emlib.config import load_params
+    from emlib.data import load_questions
+    from emlib.directions import Directions
+    from emlib.plan import Run, n_gaussian, plan
+    from emlib.work import spec_for
+
+    p = load_params(f"params/{preset}.yaml", overrides)
+    width = 64
+    direction = Directions(torch.randn(n_layers, width))
+    random = {"anisotropy-matched": [Directions(torch.randn(n_layers, width)) for _ in range(p.random_controls)],
+              "Gaussian": [Directions(torch.randn(n_layers, width)) for _ in range(n_gaussian(p))]}
+    monkeypatch.setattr(direction_extraction, "source_of", lambda ch: (direction, None))
+    for module in (steering, transfer_ablation):
+        monkeypatch.setattr(module, "control_vectors", lambda ch, d: random)
+    ch = types.SimpleNamespace(p=p, questions=load_questions(p.questions, p.include_variants),
+                               chat=FineTune("chat model", p.model),
+                               ready={o["name"]: FineTune(o["name"], p.model, f"/adapters/{o['name']}") for o in p.organisms})
+    jobs = [j for j in plan(p, n_layers) if j.kind == "sample"]
+    for job in jobs:
+        run = Run(**job.target[1])
+        spec = spec_for(ch, run)
+        assert spec.run == run and spec.sampling.max_new_tokens == run.max_new_tokens
+        assert len(spec.questions) * spec.sampling.samples_per_question * (
+            len(spec.intervention.units) if spec.units else 1) == job.answers
+    planned = {Run(**j.target[1]) for j in jobs}
+    made = {s.run for s in steering.steering_specs(ch, direction) + transfer_ablation.ablation_specs(ch, direction)}
+    assert made <= planned
+
+
 # ------------------------------------------------------------------ filling a cache (the default model, CPU)
 
 

@@ -17,7 +17,8 @@ import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,10 @@ from emlib.llm_judges import LocalJudge, OpenAIJudge
 from emlib.metrics import JudgeError
 from emlib.models import LoadInfo, describe_model, load_model
 from emlib.organisms import Organism, TrainConfig, fetch, organisms
+from emlib.plan import train_config
 from emlib.sources import fingerprint
+
+T = TypeVar("T")
 
 
 def setup(p: Params) -> None:
@@ -53,6 +57,26 @@ def setup(p: Params) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+
+
+class Lazy(Mapping[str, T]):
+    """A read-only mapping of ``keys`` (in order) whose value for a key is ``make(key)``, computed on first access."""
+
+    def __init__(self, keys: list[str], make: Callable[[str], T]):
+        self._keys, self._make, self._got = keys, make, {}
+
+    def __getitem__(self, key: str) -> T:
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._got:
+            self._got[key] = self._make(key)
+        return self._got[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 @dataclass(frozen=True)
@@ -115,14 +139,18 @@ class Chapter:
         return OfflineJudge(self.p.cache_dir, seed=0, views=SET_JUDGE_VIEWS)
 
     @cached_property
-    def trained(self) -> dict[str, train.TrainResult]:
-        """Every trained organism's adapter and card: from the cache, or trained now (chapter 1, with progress)."""
-        return {o.name: train_organism(self, o) for o in self.organisms if o.kind == "trained"}
+    def trained(self) -> Mapping[str, train.TrainResult]:
+        """Every trained organism's adapter and card, each from the cache or trained now (chapter 1, with progress)
+        when first asked for: reading one organism trains no other (``emlib.work`` runs one job at a time)."""
+        by_name = {o.name: o for o in self.organisms if o.kind == "trained"}
+        return Lazy(list(by_name), lambda name: train_organism(self, by_name[name]))
 
     @cached_property
-    def ready(self) -> dict[str, FineTune]:
-        """Every organism, trained or brought, as a ``FineTune``, in the params' order. Chapters 1–5."""
-        return {o.name: self._ready(o) for o in self.organisms}
+    def ready(self) -> Mapping[str, FineTune]:
+        """Every organism, trained or brought, as a ``FineTune``, in the params' order, each made ready when first
+        asked for. Chapters 1–5."""
+        by_name = {o.name: o for o in self.organisms}
+        return Lazy(list(by_name), lambda name: self._ready(by_name[name]))
 
     def _ready(self, o: Organism) -> FineTune:
         if o.kind == "trained":
@@ -236,10 +264,8 @@ def judge_cache(p: Params) -> JudgeCache:
 
 
 def train_config_from_params(p: Params) -> TrainConfig:
-    """The default ``TrainConfig`` named by the ``train_*`` keys of ``p``."""
-    return TrainConfig(lr=p.train_lr, epochs=p.train_epochs, batch_size=p.train_batch_size,
-                       grad_accum=p.train_grad_accum, warmup_steps=p.train_warmup_steps,
-                       max_length=p.train_max_length, max_rows=p.train_max_rows, seed=p.seed)
+    """The default ``TrainConfig`` named by the ``train_*`` keys of ``p`` (``emlib.plan.train_config``)."""
+    return train_config(p)
 
 
 def train_organism(ch: Chapter, organism: Organism) -> train.TrainResult:
