@@ -24,12 +24,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from emlib.cache import write_text_atomic
 from emlib.plan import Job, Run, plan, questions_named
+
+if TYPE_CHECKING:  # the book's modules import torch and models: loaded only when a job runs
+    from emlib.book.runs import RunSpec
+    from emlib.book.session import Chapter
 
 HEARTBEAT = 15.0  # seconds between a running job's lock refreshes
 STALE_AFTER = 300.0  # a lock not refreshed for this long belongs to a dead worker (on any host)
@@ -37,6 +41,7 @@ POLL = 2.0  # seconds between looks at a job another worker holds
 
 
 def jobs_dir(cache_dir: str | Path) -> Path:
+    """Where the workers keep their locks, done markers and the log of computed units."""
     return Path(cache_dir) / "jobs"
 
 
@@ -137,7 +142,7 @@ class Lock:
             pass
 
 
-def run_job(ch: Any, job: Job) -> None:
+def run_job(ch: "Chapter", job: Job) -> None:
     """Compute ``job``'s cache entries with the chapters' own functions (``ch``: an ``emlib.book.Chapter``)."""
     from emlib.book import direction_extraction as dx
     from emlib.book import session
@@ -170,7 +175,7 @@ def run_job(ch: Any, job: Job) -> None:
         raise ValueError(f"job {job.key}: unknown target {job.target!r}")
 
 
-def spec_for(ch: Any, run: Run) -> Any:
+def spec_for(ch: "Chapter", run: Run) -> "RunSpec":
     """The chapters' ``RunSpec`` of the sampling run the plan calls ``run``: an evaluation or extraction run (no
     direction needed), else a steering or ablation run (the direction read from chapter 2's cache)."""
     from emlib.book import direction_extraction as dx
@@ -195,7 +200,7 @@ def spec_for(ch: Any, run: Run) -> Any:
     raise ValueError(f"no chapter samples the run the plan names {run}: emlib.plan and the chapters disagree")
 
 
-def ensure(ch: Any, job: Job, by_key: dict[str, Job], *, stale_after: float = STALE_AFTER,
+def ensure(ch: "Chapter", job: Job, by_key: dict[str, Job], *, stale_after: float = STALE_AFTER,
            log: list[str] | None = None) -> bool:
     """``job`` done under the shared cache: its dependencies first (each run here or waited for), then the job
     itself under its lock, unless another worker did it meanwhile. A job whose judging had failures (a score the
@@ -230,9 +235,10 @@ def ensure(ch: Any, job: Job, by_key: dict[str, Job], *, stale_after: float = ST
     return True
 
 
-def select(jobs: Sequence[Job], *, keys: Sequence[str] = (), shard: tuple[int, int] = (0, 1)) -> list[Job]:
+def select(jobs: Sequence[Job], *, keys: Sequence[str] = (), shard: tuple[int, int] = (0, 1),
+           chapters: Sequence[int] | None = None) -> list[Job]:
     """The jobs named by ``keys`` (a unique prefix of a key is enough), else shard ``i`` of ``n`` (every n-th job
-    from the i-th, in the plan's order)."""
+    from the i-th, in the plan's order) of the jobs of ``chapters`` (default: all)."""
     if keys:
         out = []
         for k in keys:
@@ -245,11 +251,13 @@ def select(jobs: Sequence[Job], *, keys: Sequence[str] = (), shard: tuple[int, i
     i, n = shard
     if not 0 <= i < n:
         raise ValueError(f"--shard {i}/{n}: want 0 <= i < N")
+    jobs = [j for j in jobs if chapters is None or j.chapter in chapters]
     return [j for k, j in enumerate(jobs) if k % n == i]
 
 
 def work(params_file: str, *, keys: Sequence[str] = (), shard: tuple[int, int] = (0, 1),
-         overrides: dict[str, Any] | None = None, stale_after: float = STALE_AFTER) -> list[str]:
+         chapters: Sequence[int] | None = None, overrides: dict[str, Any] | None = None,
+         stale_after: float = STALE_AFTER) -> list[str]:
     """Run the selected jobs of ``params_file``'s plan (and what they need), with the chapters' own code; returns
     the keys this worker ran. Used by ``python -m emlib.work`` and each ``submit`` worker."""
     from emlib.book.session import open_chapter
@@ -258,14 +266,15 @@ def work(params_file: str, *, keys: Sequence[str] = (), shard: tuple[int, int] =
     jobs = plan(ch.p, ch.info.n_layers)
     by_key = {j.key: j for j in jobs}
     ran: list[str] = []
-    for job in tqdm(select(jobs, keys=keys, shard=shard), desc=f"jobs (shard {shard[0]}/{shard[1]})", unit="job"):
+    for job in tqdm(select(jobs, keys=keys, shard=shard, chapters=chapters), desc=f"jobs (shard {shard[0]}/{shard[1]})", unit="job"):
         ensure(ch, job, by_key, stale_after=stale_after, log=ran)
     return ran
 
 
 def submit(params_file: str, workers: int, *, cluster: str, folder: str | Path,
            overrides: dict[str, Any] | None = None, timeout_min: int = 24 * 60, slurm_partition: str | None = None,
-           gpus_per_node: int = 0, cpus_per_task: int = 2, wait: bool = True) -> list[Any]:
+           gpus_per_node: int = 0, cpus_per_task: int = 2, chapters: Sequence[int] | None = None,
+           wait: bool = True) -> list[Any]:
     """``work`` on ``workers`` shards as one submitit job array: ``cluster`` "slurm" (one array task a shard, each
     with ``gpus_per_node`` GPUs), "local" (subprocesses here) or "debug" (in this process). Returns each shard's
     ``work`` result (``wait``), else the submitit jobs."""
@@ -276,12 +285,12 @@ def submit(params_file: str, workers: int, *, cluster: str, folder: str | Path,
                          slurm_array_parallelism=workers, **({"slurm_partition": slurm_partition}
                                                               if slurm_partition else {}))
     jobs = ex.map_array(_shard, [params_file] * workers, list(range(workers)), [workers] * workers,
-                        [overrides or {}] * workers)
+                        [overrides or {}] * workers, [chapters] * workers)
     return [j.result() for j in jobs] if wait else jobs
 
 
-def _shard(params_file: str, i: int, n: int, overrides: dict[str, Any]) -> list[str]:
-    return work(params_file, shard=(i, n), overrides=overrides)
+def _shard(params_file: str, i: int, n: int, overrides: dict[str, Any], chapters: Sequence[int] | None) -> list[str]:
+    return work(params_file, shard=(i, n), chapters=chapters, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("params")
     ap.add_argument("--job", action="append", default=[], help="a job's key (or a unique prefix); repeatable")
     ap.add_argument("--shard", default="0/1", help="i/N: run every N-th job from the i-th")
+    ap.add_argument("--chapters", help="only these chapters' jobs (and what they need), e.g. 0,1")
     ap.add_argument("--submitit", choices=["local", "slurm"], help="spread --workers shards as a submitit array")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--folder", default="_build/submitit", help="submitit's logs and pickles")
@@ -310,15 +320,17 @@ def main(argv: list[str] | None = None) -> int:
         n = JudgeCache(cache / "judge.sqlite").compact()
         print(f"{n} judge scores in one file")
         return 0
+    chapters = [int(c) for c in a.chapters.split(",")] if a.chapters else None
     if a.submitit:
         if a.job or a.shard != "0/1":
             raise SystemExit("error: --submitit makes its own shards (--workers N); --job and --shard are for one worker")
         done = submit(a.params, a.workers, cluster=a.submitit, folder=a.folder, slurm_partition=a.partition,
-                      gpus_per_node=a.gpus_per_worker if a.gpus_per_worker is not None else int(a.submitit == "slurm"))
+                      gpus_per_node=a.gpus_per_worker if a.gpus_per_worker is not None else int(a.submitit == "slurm"),
+                      chapters=chapters)
         print(f"{sum(map(len, done))} jobs run by {a.workers} workers")
         return 0
     i, n = (int(x) for x in a.shard.split("/"))
-    ran = work(a.params, keys=a.job, shard=(i, n))
+    ran = work(a.params, keys=a.job, shard=(i, n), chapters=chapters)
     print(f"{len(ran)} jobs run")
     return 0
 

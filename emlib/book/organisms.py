@@ -11,10 +11,12 @@ import pandas as pd
 from emlib import paper
 from emlib.book.display import effect_text, em_text, weights_sha
 from emlib.book.results import record
-from emlib.book.session import Chapter, sample_and_judge
+from emlib.book.runs import RunSpec, execute_all
+from emlib.book.session import Chapter, sampling_from_params
 from emlib.inference import Effect, rise_verdict, within_question_effect
 from emlib.metrics import classify, format_rates
 from emlib.organisms import describe_brought
+from emlib.plan import Run
 from emlib.train import ATTN_MLP
 
 
@@ -52,11 +54,12 @@ def organism_table(ch: Chapter) -> pd.DataFrame:
 
 
 def evaluate(ch: Chapter) -> pd.DataFrame:
-    """The chat model and every organism, sampled and judged at the evaluation setting; one table with a
-    ``model`` column."""
-    tables = [sample_and_judge(ch)]
-    tables += [sample_and_judge(ch, ft=ft) for ft in ch.ready.values()]
-    return pd.concat(tables, ignore_index=True)
+    """The chat model and every organism, sampled and judged at the evaluation setting (a model's answers judged
+    while the next samples: ``runs.execute_all``); one table with a ``model`` column."""
+    p = ch.p
+    specs = [RunSpec(Run((ft or ch.chat).name, "evaluation", p.samples_per_question, p.max_new_tokens), ch.questions,
+                     ft, None, sampling_from_params(p)) for ft in [None, *ch.ready.values()]]
+    return pd.concat(execute_all(ch, specs), ignore_index=True)
 
 
 def beside_paper(rates_by_model: pd.DataFrame, paper: dict[str, tuple[float, float]]) -> pd.DataFrame:
