@@ -205,9 +205,14 @@ def adapter_sha256(adapter_dir: str | Path) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _adapter_sha256(adir: Path, stats: tuple) -> str:
+    # the config without base_model_name_or_path: PEFT writes there where the base model was loaded from (a path
+    # under cache_dir for the default model), which says nothing of the adapter; with it, the same adapter in two
+    # caches (or mounted at two paths) would key every result downstream differently
+    config = json.loads((adir / "adapter_config.json").read_text())
+    config.pop("base_model_name_or_path", None)
     h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        h.update(name.encode() + b"\0" + sha256_file(adir / name).encode())
+    h.update(b"adapter_config.json\0" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest().encode())
+    h.update(b"adapter_model.safetensors\0" + sha256_file(adir / "adapter_model.safetensors").encode())
     return h.hexdigest()
 
 

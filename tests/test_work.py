@@ -113,6 +113,9 @@ def fresh_params(tmp_path: Path, name: str, **changes) -> tuple[Path, Path]:
     return path, cache
 
 
+PATH_BEARING = ("adapter_config.json", "README.md")  # PEFT writes the base model's path (under cache_dir) there
+
+
 def artifacts(cache: Path, names: set[str] | None = None) -> dict[str, str]:
     """Result files a chapter reads (samples, activations, directions, adapters; only ``names`` if given) by path
     and content hash."""
@@ -120,7 +123,7 @@ def artifacts(cache: Path, names: set[str] | None = None) -> dict[str, str]:
     for sub in ("samples", "activations", "directions", "adapters"):
         for f in sorted((cache / sub).rglob("*")):
             rel = str(f.relative_to(cache))
-            if f.is_file() and ".ckpt" not in rel and (names is None or rel in names):
+            if f.is_file() and ".ckpt" not in rel and f.name not in PATH_BEARING and (names is None or rel in names):
                 out[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
