@@ -208,8 +208,11 @@ def _adapter_sha256(adir: Path, stats: tuple) -> str:
     # the config without base_model_name_or_path: PEFT writes there where the base model was loaded from (a path
     # under cache_dir for the default model), which says nothing of the adapter; with it, the same adapter in two
     # caches (or mounted at two paths) would key every result downstream differently
+    # (and target_modules, a set in PEFT, written in an order that varies between processes: lists sorted)
     config = json.loads((adir / "adapter_config.json").read_text())
     config.pop("base_model_name_or_path", None)
+    config = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, (str, int)) for x in v) and
+              len({type(x) for x in v}) <= 1 else v for k, v in config.items()}
     h = hashlib.sha256()
     h.update(b"adapter_config.json\0" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest().encode())
     h.update(b"adapter_model.safetensors\0" + sha256_file(adir / "adapter_model.safetensors").encode())
