@@ -26,7 +26,6 @@ of the samples' cache key (``generate.sample_key``).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -37,7 +36,8 @@ from transformers.cache_utils import StaticLayer
 
 from emlib import generate
 from emlib.interventions import Intervention, Stacked
-from emlib.models import base_model, decoder_layers, residual
+from emlib.models import base_model, decoder_layers
+from emlib.static_edits import Edits, Layout
 
 SAMPLERS = ("eager", "static", "graph")
 WINDOW = 128  # attention windows (and the buffers' length) are multiples of this many slots
@@ -66,72 +66,6 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step  # the first multiple of step >= n
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where an intervention edits and whether per row (a ``Stacked`` one): what a captured step's hooks do."""
-
-    add: tuple[int, ...] = ()
-    ablate: tuple[int, ...] = ()
-    per_row: bool = False
-
-    @staticmethod
-    def of(intervention: Intervention | Stacked | None) -> Layout:
-        """The layout of ``intervention`` (``None``: no hooks)."""
-        if intervention is None:
-            return Layout()
-        units = intervention.units if isinstance(intervention, Stacked) else (intervention,)
-        return Layout(tuple(sorted({ly for u in units for ly in u.add})),
-                      tuple(sorted({ly for u in units for ly in u.ablate})), isinstance(intervention, Stacked))
-
-
-class _Edits:
-    """An intervention's vectors on the device in the model's dtype: per layer [d] (one ``Intervention``) or
-    [B, d] (a ``Stacked``: row ``i`` holds its unit's vector, zeros where the unit does nothing there)."""
-
-    def __init__(self, layout: Layout, devices: Sequence[torch.device], width: int, rows: int, dtype: torch.dtype):
-        self.layout = layout
-        shape = (rows, width) if layout.per_row else (width,)
-        self.add = {ly: torch.zeros(shape, dtype=dtype, device=devices[ly]) for ly in layout.add}
-        self.ablate = {ly: torch.zeros(shape, dtype=dtype, device=devices[ly]) for ly in layout.ablate}
-        self.tables: dict[tuple[str, int], torch.Tensor] = {}  # Stacked: [K, d] per (kind, layer)
-
-    def load(self, intervention: Intervention | Stacked | None) -> None:
-        """Copy ``intervention``'s vectors in (a ``Stacked`` one's tables; ``set_rows`` places them)."""
-        for kind, buffers in (("add", self.add), ("ablate", self.ablate)):
-            for layer, buf in buffers.items():
-                if isinstance(intervention, Stacked):
-                    vs = [getattr(u, kind).get(layer) for u in intervention.units]
-                    table = torch.stack([torch.zeros(buf.shape[-1]) if v is None else v.float().cpu() for v in vs])
-                    self.tables[kind, layer] = table.to(buf.device, buf.dtype)
-                else:
-                    buf.copy_(getattr(intervention, kind)[layer])
-
-    def set_rows(self, units: torch.Tensor) -> None:
-        """Rows ``0..len(units)`` take their units' vectors (``units`` [n] indexes the ``Stacked``'s units)."""
-        for kind, buffers in (("add", self.add), ("ablate", self.ablate)):
-            for layer, buf in buffers.items():
-                table = self.tables[kind, layer]
-                buf[: len(units)] = table[units.to(table.device)]
-
-    def hook(self, layer: int) -> Callable[[nn.Module, Any, Any], Any]:
-        """A forward hook on block ``layer``: its output edited as ``Intervention.edit`` / ``Stacked.edit`` do."""
-        add, direction, per_row = self.add.get(layer), self.ablate.get(layer), self.layout.per_row
-
-        def edit(module: nn.Module, args: Any, out: Any) -> Any:
-            h = residual(out)  # [rows, seq, d_model]
-            if direction is not None and per_row:
-                u = direction[: h.shape[0]]
-                h = h - torch.einsum("bsd,bd->bs", h, u)[..., None] * u[:, None, :]
-            elif direction is not None:
-                flat = h.reshape(-1, h.shape[-1])
-                h = torch.addr(flat, flat @ direction, direction, alpha=-1).view(h.shape)
-            if add is not None:
-                h = h + (add[: h.shape[0], None, :] if per_row else add)
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        return edit
-
-
 class _Decoder:
     """A model's decoding state: KV buffers per layer [B, kv_heads, L, head_dim], the step's inputs (token ids and
     positions [B, 1], attention mask [B, 1, 1, L]), intervention buffers and CUDA graphs. Holds no reference to
@@ -157,13 +91,13 @@ class _Decoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.mask = torch.zeros((max_batch, 1, 1, max_len), dtype=torch.bool, device=device)
         self.caches: dict[tuple[int, int], StaticCache] = {}
-        self.edits: dict[Layout, _Edits] = {}
+        self.edits: dict[Layout, Edits] = {}
         self.graphs: dict[tuple[Hashable, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool: Any = None
 
-    def edits_for(self, layout: Layout) -> _Edits:
+    def edits_for(self, layout: Layout) -> Edits:
         if layout not in self.edits:
-            self.edits[layout] = _Edits(layout, self.devices, self.config.hidden_size, self.max_batch, self.dtype)
+            self.edits[layout] = Edits(layout, self.devices, self.config.hidden_size, self.max_batch, self.dtype)
         return self.edits[layout]
 
     def cache(self, rows: int, window: int) -> StaticCache:
@@ -364,7 +298,7 @@ def sample_static(
 
 def _decode(lm: nn.Module, dec: _Decoder, logits: torch.Tensor, *, n: int, width: int, max_new_tokens: int,
             temperature: float, top_p: float, eos: torch.Tensor, generator: torch.Generator,
-            on_step: Callable[[int], None] | None, variant: Hashable, edits: _Edits | None, row_units: torch.Tensor,
+            on_step: Callable[[int], None] | None, variant: Hashable, edits: Edits | None, row_units: torch.Tensor,
             graph: bool) -> list[tuple[list[int], str]]:
     """The decoding loop of ``sample_static`` from the prefill's next-token ``logits`` [n, vocab]."""
     sizes = buckets(dec.max_batch)
