@@ -357,13 +357,18 @@ def validate(path: str | Path, overrides: dict[str, Any] | None = None) -> Param
     return p
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line overrides, each value read as YAML. ``python -m emlib.config`` and ``emlib.plan``."""
+    return {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in pairs)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate params files as the book will use them: ``python -m emlib.config params/default.yaml``.
     ``KEY=VALUE`` arguments (the value read as YAML) override every file's keys: ``... params/paper.yaml
     allow_cpu=true``."""
     argv = sys.argv[1:] if argv is None else argv
     files = [a for a in argv if "=" not in a]
-    overrides = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in argv if "=" in a)}
+    overrides = parse_overrides([a for a in argv if "=" in a])
     for f in files:
         try:
             validate(f, overrides)

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from emlib.cache import content_key
-from emlib.config import Params, headline_cell, load_params, steering_layers
+from emlib.config import Params, headline_cell, load_params, parse_overrides, steering_layers
 from emlib.data import BUILTIN_MEDICAL_QUESTIONS, Question, dataset_path, load_chat_jsonl, load_questions
 from emlib.organisms import Organism, TrainConfig, organisms
 
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a param (VALUE read as YAML), e.g. --set samples_per_question=25")
     ap.add_argument("--layers", type=int, help="the model's block count, when its config cannot be read here")
     a = ap.parse_args(argv)
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
+    overrides = parse_overrides(a.set)
     p = load_params(a.params, overrides)
     try:
         n_layers = a.layers or n_layers_of(p)
