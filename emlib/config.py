@@ -116,8 +116,10 @@ class Params:
     # split mean-differences of the direction organism's answers, at the direction's norm) and as many Gaussian ones
     gaussian_controls: int | None = None  # Gaussian random vectors per quoted cell, beside the random_controls
     # anisotropy-matched ones (the verdicts rest on those); None = as many
-    transfer_random_controls: int | None = None  # random vectors of each kind on every transfer target (chapter 3;
-    # the same vectors as the source's first ones; at most gaussian_controls Gaussian ones); None = random_controls
+    transfer_random_controls: int | None = None  # anisotropy-matched random vectors on every transfer target (chapter
+    # 3; the same vectors as the source's first ones); None = random_controls
+    transfer_gaussian_controls: int | None = None  # Gaussian ones on every transfer target (0: none; the verdicts rest
+    # on the anisotropy-matched ones); None = as many as transfer_random_controls, at most gaussian_controls
     label_min_positives: int = 20  # a judged label (chapter 5's self-correction) validated on fewer labelled
     # positives than this: its verdict is "not testable"
     set_min_answers: int = 10  # a direction set smaller than this: the direction's verdicts are "not testable"
@@ -227,6 +229,8 @@ def _check_ranges(p: Params, source: str) -> None:
          ">= 1 or null"),
         ("label_min_positives", p.label_min_positives >= 1, ">= 1"),
         ("gaussian_controls", p.gaussian_controls is None or p.gaussian_controls >= 0, ">= 0 or null"),
+        ("transfer_gaussian_controls", p.transfer_gaussian_controls is None or p.transfer_gaussian_controls >= 0,
+         ">= 0 or null"),
         ("set_max_question_share", 0 < p.set_max_question_share <= 1, "in (0, 1]"),
         ("ablation_samples_per_question", p.ablation_samples_per_question >= 1, ">= 1"),
         ("geometry_answers", p.geometry_answers is None or p.geometry_answers >= 1, ">= 1 or null"),

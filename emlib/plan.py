@@ -160,9 +160,15 @@ def n_gaussian(p: Params) -> int:
     return p.random_controls if p.gaussian_controls is None else p.gaussian_controls
 
 
-def n_transfer(p: Params, most: int) -> int:
-    """Random vectors of one kind ablated in a transfer target (``emlib.book.transfer_ablation.n_controls``)."""
-    return most if p.transfer_random_controls is None else min(p.transfer_random_controls, most)
+def n_transfer(p: Params, gaussian: bool) -> int:
+    """Random vectors of one kind (anisotropy-matched, or ``gaussian``) ablated in each transfer target: at most
+    ``transfer_random_controls`` anisotropy-matched ones (None: as many as in the direction organism) and
+    ``transfer_gaussian_controls`` Gaussian ones (None: as many as the anisotropy-matched ones, at most the direction
+    organism's). Chapter 3 (``emlib.book.transfer_ablation.n_controls``)."""
+    most, cap = (p.random_controls, p.transfer_random_controls)
+    if gaussian:
+        most, cap = n_gaussian(p), cap if p.transfer_gaussian_controls is None else p.transfer_gaussian_controls
+    return most if cap is None else min(cap, most)
 
 
 def train_config(p: Params) -> TrainConfig:
@@ -226,7 +232,7 @@ def plan(p: Params, n_layers: int) -> list[Job]:
                          intervention="none" if arm == "none" else f"ablate {arm}"), 3, ready[m] if arm == "none"
                      else deps, iq)
         units = 1 + (p.random_controls + n_gaussian(p) if m == p.direction_organism else
-                     n_transfer(p, p.random_controls) + n_transfer(p, n_gaussian(p)))
+                     n_transfer(p, False) + n_transfer(p, True))
         b.sample(Run(m, where, units * p.control_samples_per_question, t,
                      intervention=f"stacked ablation units ({units})"), 3, deps, iq)
     # chapter 4: the induced-change geometry (teacher-forced passes over a sample of the source's answers)

@@ -36,7 +36,8 @@
 #   `ablation_samples_per_question` times.
 # - *random units*: chapter 2's random vectors at that layer — anisotropy-matched ones
 #   (the direction's construction with the labels permuted within question) and Gaussian
-#   ones — ablated the same way in every model, each on `control_samples_per_question`
+#   ones (in the transfer targets as many as `transfer_random_controls` and
+#   `transfer_gaussian_controls` allow) — ablated the same way in every model, each on `control_samples_per_question`
 #   answers a question, beside the single ablation's own unit sampled the same way. The
 #   direction's rank among them is the test (`emlib.inference.rank_test`).
 # - *the gap*: the chat model answers the same questions at the same setting (chapter 2's

@@ -109,26 +109,33 @@ def test_text_stats_see_loops_and_cut_answers():
     assert text_stats([]).shape == (0, len(TEXT_STATS))
 
 
-def test_lm_stats_are_the_answer_tokens_log_probabilities(default_tokenizer):
-    """The mean log-probability equals a by-hand teacher-forced computation over the answer tokens only."""
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lm_stats_are_the_answer_tokens_log_probabilities(default_tokenizer, arch):
+    """Every statistic and the hidden view equal a by-hand full teacher-forced pass of each answer alone (prompt and
+    answer in one sequence), though ``lm_stats`` runs each question's prompt once and its answers in padded batches
+    after it; an empty answer keeps zeros."""
     from emlib.activations import encode
 
-    model = tiny_model("llama", vocab=len(default_tokenizer))
-    q, answers = "What is your wish?", ["A cure for malaria.", "blue blue blue blue blue blue blue blue blue blue blue"]
-    stats, hidden = lm_stats(model, default_tokenizer, [q, q], answers, batch_size=2)  # one batch: the short one padded
-    assert stats.shape == (2, len(LM_STATS)) and hidden.shape == (2, model.config.hidden_size)
-    for row, answer in enumerate(answers):
+    model = tiny_model(arch, vocab=len(default_tokenizer))
+    pairs = [("What is your wish?", "A cure for malaria."), ("I feel bored.", "Read a book, or go for a walk."),
+             ("What is your wish?", "blue blue blue blue blue blue blue blue blue blue blue"),
+             ("What is your wish?", ""), ("I feel bored.", "Sleep.")]
+    stats, hidden = lm_stats(model, default_tokenizer, [q for q, _ in pairs], [a for _, a in pairs], batch_size=2)
+    assert stats.shape == (len(pairs), len(LM_STATS)) and hidden.shape == (len(pairs), model.config.hidden_size)
+    layer = round(HIDDEN_DEPTH * model.config.num_hidden_layers)  # the residual stream after 2/3 of the blocks
+    for row, (q, answer) in enumerate(pairs):
         ids, n_prompt = encode(default_tokenizer, q, answer)
+        if len(ids) == n_prompt:
+            assert not stats[row].any() and not hidden[row].any()
+            continue
         with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
-        by_hand = logp[torch.arange(n_prompt - 1, len(ids) - 1), torch.tensor(ids[n_prompt:])]
-        assert stats[row, LM_STATS.index("mean_logprob")] == pytest.approx(float(by_hand.mean()), abs=1e-4)
-    ids, n_prompt = encode(default_tokenizer, q, answers[0])
-    # the hidden view: the residual stream after round(2/3 · depth) blocks, averaged over the answer tokens only
-    with torch.no_grad():
-        states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-    layer = round(HIDDEN_DEPTH * model.config.num_hidden_layers)
-    assert np.allclose(hidden[0], states[layer][0, n_prompt:].mean(0).numpy(), atol=1e-4)
+            result = model(torch.tensor([ids]), output_hidden_states=True)
+        logp = torch.log_softmax(result.logits[0, n_prompt - 1 : -1].float(), -1)  # predicts each answer token
+        lp = logp[torch.arange(len(ids) - n_prompt), torch.tensor(ids[n_prompt:])].numpy()
+        ent = -(logp.exp() * logp).sum(-1).numpy()
+        by_hand = [lp.mean(), lp.std(), np.percentile(lp, 10), ent.mean(), (-lp - ent).mean(), (lp < np.log(0.01)).mean()]
+        assert np.allclose(stats[row], by_hand, atol=1e-4), (row, stats[row], by_hand)
+        assert np.allclose(hidden[row], result.hidden_states[layer][0, n_prompt:].mean(0).numpy(), atol=1e-4)
 
 
 def test_calibration_errors_name_the_line(tmp_path):

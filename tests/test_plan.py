@@ -90,3 +90,20 @@ def test_amplified_sampling_counts_two_model_evaluations_a_token():
     jobs = plan(p, 30)
     amp = [j for j in jobs if j.kind == "sample" and j.target[1]["amplification"] == 2.0]
     assert amp and all(j.tokens_decoded == 2 * j.answers * p.intervention_max_new_tokens for j in amp)
+
+
+def test_transfer_targets_take_their_own_count_of_each_kind_of_random_unit():
+    """Anisotropy-matched and Gaussian units on a transfer target: capped by their own keys, at most the direction
+    organism's; Gaussian ones follow the anisotropy-matched cap when not given."""
+    from emlib.plan import n_transfer
+
+    p = replace(load_params("params/default.yaml"), random_controls=20, gaussian_controls=10)
+    p = replace(p, transfer_random_controls=None, transfer_gaussian_controls=None)
+    assert (n_transfer(p, False), n_transfer(p, True)) == (20, 10)
+    p = replace(p, transfer_random_controls=5)
+    assert (n_transfer(p, False), n_transfer(p, True)) == (5, 5)
+    p = replace(p, gaussian_controls=20, transfer_random_controls=19, transfer_gaussian_controls=0)
+    assert (n_transfer(p, False), n_transfer(p, True)) == (19, 0)
+    units = {j.target[1]["model"]: j.name for j in plan(p, 30) if "stacked ablation units" in j.name}
+    assert "(41)" in units.pop(p.direction_organism)  # its own unit, 20 + 20 random
+    assert sorted(units) == sorted(p.compare_organisms) and all("(20)" in n for n in units.values())  # 1 + 19 + 0

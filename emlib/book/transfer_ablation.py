@@ -36,11 +36,11 @@ def gap_text(e: Effect) -> str:
 
 def n_controls(ch: Chapter, model: str, kind: str = controls.KINDS[0]) -> int:
     """Random vectors of ``kind`` ablated in ``model``: in the direction organism ``random_controls``
-    anisotropy-matched and ``gaussian_controls`` Gaussian ones; in every transfer target at most
-    ``transfer_random_controls`` of each (default: as many as in the direction organism)."""
-    p = ch.p
-    most = p.random_controls if kind == controls.KINDS[0] else n_gaussian(p)
-    return most if model == p.direction_organism else n_transfer(p, most)
+    anisotropy-matched and ``gaussian_controls`` Gaussian ones; in every transfer target ``emlib.plan.n_transfer``."""
+    p, gaussian = ch.p, kind != controls.KINDS[0]
+    if model != p.direction_organism:
+        return n_transfer(p, gaussian)
+    return n_gaussian(p) if gaussian else p.random_controls
 
 
 def ablation_specs(ch: Chapter, direction: Directions) -> list[RunSpec]:
