@@ -9,8 +9,9 @@ totals, and the hours and judge cost those sizes take at the throughputs measure
 The jobs mirror what the chapters compute on a cache miss, in the book's order (chapter 1 trains and evaluates,
 chapter 2 extracts and steers, chapter 3 ablates, chapter 4 reads activations; chapters 0 and 5 reuse these runs),
 so a cold ``make book`` computes exactly these units (each appends a line to ``cache_dir/jobs/log.jsonl``:
-``emlib.cache.log_computed``), beside one that is not cached and not here: chapter 4's LoRA-scalar pass over the
-extraction answers (teacher-forced, computed as the chapter renders). Sizes are upper bounds where the
+``emlib.cache.log_computed``), beside one that is not here: chapter 4's LoRA-scalar pass over the probe sets
+(teacher-forced, cached by content, ``emlib.probes.response_features``), whose rows the judge's labels choose, so the
+chapter computes it as it renders. Sizes are upper bounds where the
 run decides: tokens decoded assume every answer runs to its length limit (rows that end early decode less),
 prompts are estimated at ``PROMPT_TOKENS`` a question, a token at ``CHARS_PER_TOKEN`` characters; the cross-model
 passes of chapter 2 run only where both of a pair's direction sets are non-empty.

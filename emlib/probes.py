@@ -18,8 +18,11 @@ cosines against the exact cosine distribution of a uniformly random direction
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,12 +32,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from safetensors.numpy import load_file, save_file
 from scipy.stats import beta as beta_dist, rankdata
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from emlib.activations import Batch, batches, encode
+from emlib.cache import atomic_path, content_key
 from emlib.generate import input_device
 from emlib.inference import Effect, holm
 from emlib.interventions import envoy_at, wrap
@@ -51,6 +56,9 @@ class Adapter:
     module: str  # path of the adapted module in the model
     a: torch.Tensor
     b: torch.Tensor
+
+
+FEATURES_VERSION = 1  # bump when a change alters response_features' numbers
 
 
 def rank1_adapters(model: nn.Module) -> list[Adapter]:
@@ -103,11 +111,19 @@ def lora_scalars(model: nn.Module, batch: Batch, adapters: list[Adapter]) -> tor
 
 
 def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame,
-                      adapters: list[Adapter], batch_size: int = 16, progress: bool = True) -> np.ndarray:
-    """Mean A·x over each response's answer tokens: [n_responses, n_adapters], rows in ``samples`` order."""
+                      adapters: list[Adapter], batch_size: int = 16, progress: bool = True, *,
+                      cache_dir: str | Path | None = None, model_provenance: dict[str, Any] | None = None) -> np.ndarray:
+    """Mean A·x over each response's answer tokens: [n_responses, n_adapters], rows in ``samples`` order. With
+    ``cache_dir``, cached by the model's provenance, every readout's A and the texts (``features_path``), written
+    atomically; a later call reads it without a pass."""
     system = samples["system"] if "system" in samples else [None] * len(samples)
-    encoded = [encode(tokenizer, q, r, s if isinstance(s, str) else None)
-               for q, r, s in zip(samples["question"], samples["response"], system)]
+    texts = [(q, s if isinstance(s, str) else None, r) for q, r, s in zip(samples["question"], samples["response"], system)]
+    path = None
+    if cache_dir is not None:
+        path = features_path(texts, adapters, cache_dir=cache_dir, model_provenance=model_provenance)
+        if path.is_file():
+            return load_file(str(path))["features"]
+    encoded = [encode(tokenizer, q, r, s) for q, s, r in texts]
     out = np.zeros((len(encoded), len(adapters)))
     starts = range(0, len(encoded), batch_size)
     for start, batch in tqdm(zip(starts, batches(encoded, batch_size, tokenizer.pad_token_id)), total=len(starts),
@@ -115,7 +131,24 @@ def response_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, samp
         scalars = lora_scalars(model, batch, adapters)  # [b, t, n]
         mask = batch.answer[..., None].float()
         out[start : start + len(scalars)] = ((scalars * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"features": out}, str(tmp))
     return out
+
+
+def features_path(texts: list[tuple[str, str | None, str]], adapters: list[Adapter], *, cache_dir: str | Path,
+                  model_provenance: dict[str, Any] | None) -> Path:
+    """Where ``response_features`` caches the features of ``texts`` (question, system, response) read by
+    ``adapters``: keyed by the model (``model_provenance``, required), each readout's name, module and A bytes,
+    and the texts."""
+    if model_provenance is None:
+        raise ValueError("response_features: a cache_dir needs the model's provenance (model_provenance=...)")
+    readouts = [(a.name, a.module, hashlib.sha256(a.a.float().contiguous().numpy().tobytes()).hexdigest())
+                for a in adapters]
+    key = content_key({"model": model_provenance, "readouts": readouts, "texts": texts, "version": FEATURES_VERSION})
+    return Path(cache_dir) / "activations" / f"lora-scalars-{key}.safetensors"
 
 
 def random_readouts(adapters: list[Adapter], seed: int = 0) -> list[Adapter]:

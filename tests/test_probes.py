@@ -329,3 +329,29 @@ def test_downstream_verdict_plot_and_text_share_one_band():
     assert downstream_verdict(inside).status == "not reproduced"
     early = Downstream(np.full(layers, 0.8), null, steer_layer=6, paper_at=4, n_answers=32)
     assert downstream_verdict(early).status == "not testable"
+
+
+def test_response_features_are_cached_by_model_readouts_and_texts(default_tokenizer, tmp_path):
+    """A second call reads the cached features without a pass (no model); another readout or model is another key;
+    a cache without the model's provenance is refused."""
+    from conftest import tiny_model
+    from emlib.probes import features_path, random_readouts, response_features
+
+    tok = default_tokenizer
+    model = apply_lora(tiny_model("llama", vocab=len(tok)), LoraSpec(rank=1, alpha=8, target_modules=("down_proj",),
+                                                                      layers=(1, 3))).eval()
+    samples = pd.DataFrame({"question": ["q1", "q2", "q1"], "response": ["an answer", "another", "a third one"]})
+    adapters = rank1_adapters(model)
+    prov = {"model": "tiny", "adapter_sha256": "x"}
+    first = response_features(model, tok, samples, adapters, progress=False, cache_dir=tmp_path, model_provenance=prov)
+    assert first.shape == (3, len(adapters)) and np.abs(first).sum() > 0
+    again = response_features(None, tok, samples, adapters, progress=False, cache_dir=tmp_path, model_provenance=prov)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(response_features(model, tok, samples, adapters, progress=False), first)
+    texts = [(q, None, r) for q, r in zip(samples["question"], samples["response"])]
+    path = features_path(texts, adapters, cache_dir=tmp_path, model_provenance=prov)
+    assert path.is_file()
+    assert features_path(texts, random_readouts(adapters), cache_dir=tmp_path, model_provenance=prov) != path
+    assert features_path(texts, adapters, cache_dir=tmp_path, model_provenance={**prov, "adapter_sha256": "y"}) != path
+    with pytest.raises(ValueError, match="provenance"):
+        response_features(model, tok, samples, adapters, cache_dir=tmp_path)

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from emlib import probes
 from emlib.book.results import record
-from emlib.book.session import Chapter, FineTune, describe, load
+from emlib.book.session import Chapter, FineTune, describe, load, model_provenance
 from emlib.directions import Directions
 from emlib.models import LoadInfo
 from emlib.organisms import fetch
@@ -147,7 +147,8 @@ def fit_probes(ch: Chapter, probed: Probed, datasets: dict[str, tuple[pd.DataFra
     keys = ["question", "response"]
     rows = pd.concat([r[keys] for r, _ in datasets.values()]).drop_duplicates(ignore_index=True)
     features = probes.response_features(probed.model, probed.tok, rows, adapters + probes.random_readouts(adapters, seed),
-                                        ch.p.activation_batch_size)  # [n_rows, 2 · n_adapters]
+                                        ch.p.activation_batch_size, cache_dir=ch.p.cache_dir,
+                                        model_provenance=model_provenance(probed.info))  # [n_rows, 2 · n_adapters]
     where = {k: i for i, k in enumerate(zip(rows["question"], rows["response"]))}
     names = [a.name for a in adapters]
     trained: Probes = {}
