@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from emlib.activations import batches
-from emlib.probes import adapter_roles, b_direction_cosines, fit_probe, lora_scalars, rank1_adapters
+from emlib.adapter_geometry import b_direction_cosines
+from emlib.probes import adapter_roles, fit_probe, lora_scalars, rank1_adapters
 from emlib.train import LoraSpec, apply_lora
 
 
@@ -181,7 +182,7 @@ def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def test_random_direction_band_holds_five_percent_outside_at_d_576():
-    from emlib.probes import random_cosine_band, random_cosine_p
+    from emlib.adapter_geometry import random_cosine_band, random_cosine_p
 
     d, rng = 576, np.random.default_rng(0)
     v = _unit_rows(rng, 1, d)[0]
@@ -195,7 +196,7 @@ def test_random_direction_band_holds_five_percent_outside_at_d_576():
 
 
 def test_b_cosine_band_is_family_wise_and_flags_a_planted_b_vector():
-    from emlib.probes import b_cosine_test
+    from emlib.adapter_geometry import b_cosine_test
 
     d, k, rng = 576, 9, np.random.default_rng(1)
     v = _unit_rows(rng, 1, d)[0]
@@ -215,7 +216,7 @@ def test_b_verdict_and_plot_read_the_same_band():
 
     d = 576
     def table(cosines):
-        from emlib.probes import b_cosine_test
+        from emlib.adapter_geometry import b_cosine_test
         t = b_cosine_test(pd.Series(cosines, index=["L1.down_proj", "L2.down_proj"]), d)
         out = pd.DataFrame({"cos·√d": t["cos·√d"], "outside the band": t["outside"]})
         out.attrs.update(t.attrs)

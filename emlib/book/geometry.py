@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emlib import probes
+from emlib import adapter_geometry
 from emlib.book.session import Chapter, FineTune, answer_means
 from emlib.controls import gaussian
 from emlib.directions import Directions
@@ -35,8 +35,8 @@ class Downstream:
 
     @property
     def band(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per layer, the lowest and highest random vector's cosine (``emlib.probes.null_band``)."""
-        return probes.null_band(self.null)
+        """Per layer, the lowest and highest random vector's cosine (``emlib.adapter_geometry.null_band``)."""
+        return adapter_geometry.null_band(self.null)
 
     @property
     def at_paper(self) -> tuple[float, float, float]:
@@ -85,7 +85,7 @@ def geometry_pass(ch: Chapter, texts: pd.DataFrame, direction: Directions, throu
 
 
 def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, direction: Directions) -> Downstream:
-    """``emlib.probes.downstream_cosines`` on the same texts (``geometry_texts``): the direction organism ``ft``
+    """``emlib.adapter_geometry.downstream_cosines`` on the same texts (``geometry_texts``): the direction organism ``ft``
     (any fine-tune) vs λ = 1 steering with the mean-diff vector at the single-direction layer, each against the
     chat model's answer-token means; and the null: the same with each of ``geometry_random_vectors`` Gaussian
     vectors of the direction's norm at that layer in place of the direction (``emlib.controls.gaussian``; one
@@ -96,7 +96,7 @@ def downstream_geometry(ch: Chapter, ft: FineTune, texts: pd.DataFrame, directio
     base, organism = (geometry_pass(ch, texts, direction, w) for w in ("chat model", p.direction_organism))
 
     def cosines(through: str) -> np.ndarray:
-        return probes.downstream_cosines(base, organism, geometry_pass(ch, texts, direction, through)).numpy()
+        return adapter_geometry.downstream_cosines(base, organism, geometry_pass(ch, texts, direction, through)).numpy()
 
     null = np.stack([cosines(f"chat model steered by random vector {i}") for i in range(p.geometry_random_vectors)])
     layer = single_direction_layer(direction.n_layers)

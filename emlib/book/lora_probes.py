@@ -10,7 +10,7 @@ import pandas as pd
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from emlib import probes
+from emlib import adapter_geometry, probes
 from emlib.book.results import record
 from emlib.book.session import Chapter, FineTune, describe, load, model_provenance
 from emlib.directions import Directions
@@ -67,8 +67,8 @@ def probed_organism(ch: Chapter) -> Probed:
 def adapter_table(adapters: list[probes.Adapter], direction: Directions, alpha: float = Thresholds().alpha) -> pd.DataFrame:
     """Per rank-1 adapter: layer, ‖A‖, ‖B‖ (scaling included), cos(B, mean-diff direction at its layer), the same in
     units of 1/√d, its p against a uniformly random direction and whether it lies outside the family-wise band
-    (``emlib.probes.b_cosine_test``; its ``attrs`` — ``d``, ``alpha``, ``band``, ``family_band`` — are kept)."""
-    test = probes.b_cosine_test(probes.b_direction_cosines(adapters, direction.vectors), direction.width, alpha)
+    (``emlib.adapter_geometry.b_cosine_test``; its ``attrs`` — ``d``, ``alpha``, ``band``, ``family_band`` — are kept)."""
+    test = adapter_geometry.b_cosine_test(adapter_geometry.b_direction_cosines(adapters, direction.vectors), direction.width, alpha)
     table = pd.DataFrame({"layer": [a.layer for a in adapters], "‖A‖": [round(float(a.a.norm()), 3) for a in adapters],
                           "‖B‖": [round(float(a.b.norm()), 3) for a in adapters], "cosine(B, mean-diff)": test["cosine"].round(3),
                           "cos·√d": test["cos·√d"].round(2), "p (Bonferroni)": test["p (Bonferroni)"].round(3),
